@@ -1,0 +1,165 @@
+"""The command line: `serve` (the default), `tail` and `publish`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from typing import Any, Sequence
+
+from . import __version__
+from .config import ConfigError, add_serve_arguments, settings_from
+
+log = logging.getLogger("autopm_realtime")
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autopm-realtime",
+        description="Real-time event hub for a software project (WebSocket + SSE). "
+                    "With no command, serves the current directory on 127.0.0.1:8000.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{serve,tail,publish}")
+
+    serve = commands.add_parser("serve", help="run the server (the default command)")
+    add_serve_arguments(serve)
+
+    tail = commands.add_parser("tail", help="print events as they arrive, reconnecting on its own")
+    tail.add_argument("--url", default="http://127.0.0.1:8000", help="server URL [default: %(default)s]")
+    tail.add_argument("--event-types", help="comma-separated event types [default: all]")
+    tail.add_argument("--project-id", help="only this project's events [default: all]")
+    tail.add_argument("--last-event-id", help="resume after this event id")
+    tail.add_argument("--sse", action="store_true", help="use Server-Sent Events instead of WebSocket")
+    tail.add_argument("--json", action="store_true", help="print each event as one JSON line")
+    tail.add_argument("--max-retries", type=int, default=100,
+                      help="consecutive failed reconnects before giving up [default: %(default)s]")
+
+    publish = commands.add_parser("publish", help="publish one event and print its id")
+    publish.add_argument("--url", default="http://127.0.0.1:8000", help="server URL [default: %(default)s]")
+    publish.add_argument("--type", required=True, help="event type, e.g. progress_update")
+    publish.add_argument("--project-id", required=True, help="the project the event belongs to")
+    publish.add_argument("--data", default="{}", help="the event's data as a JSON object [default: {}]")
+    publish.add_argument("--token", help="publish token (Authorization: Bearer)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "serve")
+    args = build_parser().parse_args(argv)
+    if args.command == "tail":
+        return run_tail(args)
+    if args.command == "publish":
+        return run_publish(args)
+    return run_serve(args)
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from(args)
+    except ConfigError as error:
+        print(f"autopm-realtime: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .server import serve
+
+    try:
+        asyncio.run(serve(settings, install_signal_handlers=True))
+    except OSError as error:
+        print(f"autopm-realtime: cannot listen on {settings.host}:{settings.port}: {error.strerror}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+# --- publish ---------------------------------------------------------------------------------
+
+def run_publish(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.data)
+    except ValueError as error:
+        print(f"autopm-realtime publish: --data is not valid JSON: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    body = json.dumps({"type": args.type, "project_id": args.project_id, "data": data}).encode()
+    request = urllib.request.Request(api_url(args.url, "api/v1/events"), data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    if args.token:
+        request.add_header("Authorization", f"Bearer {args.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            print(json.load(response)["id"])
+            return 0
+    except urllib.error.HTTPError as error:
+        print(f"autopm-realtime publish: {error.code}: {_reason(error)}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as error:
+        print(f"autopm-realtime publish: cannot reach {args.url}: {getattr(error, 'reason', error)}",
+              file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _reason(error: urllib.error.HTTPError) -> str:
+    try:
+        return json.load(error)["error"]["reason"]
+    except (ValueError, KeyError, TypeError):
+        return error.reason
+
+
+def api_url(base: str, path: str) -> str:
+    return base.rstrip("/") + "/" + path
+
+
+# --- tail ------------------------------------------------------------------------------------
+
+def run_tail(args: argparse.Namespace) -> int:
+    from .client import ClientGaveUp, subscribe
+
+    event_types = [t.strip() for t in args.event_types.split(",") if t.strip()] if args.event_types else None
+
+    async def follow() -> None:
+        async for message in subscribe(args.url, event_types=event_types, project_id=args.project_id,
+                                       last_event_id=args.last_event_id,
+                                       transport="sse" if args.sse else "auto",
+                                       max_retries=args.max_retries):
+            print(json.dumps(message) if args.json else describe(message), flush=True)
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        return 0
+    except ClientGaveUp as error:
+        print(f"autopm-realtime tail: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ValueError as error:   # the server refused the subscription (bad event type, ...)
+        print(f"autopm-realtime tail: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def describe(message: dict[str, Any]) -> str:
+    """One human line per event: time, project, type and the fields that matter for that type."""
+    data = message.get("data", {})
+    kind = message.get("type")
+    if kind == "reset":
+        return f"-- position lost: {message.get('reason', '')}; following live events from here"
+    detail = {
+        "file_change": lambda: f"{data.get('change_type')} {data.get('file_path')}"
+                               + (f" (from {data['old_path']})" if data.get("old_path") else ""),
+        "auto_commit": lambda: f"{data.get('event')} changes={data.get('changes_count')}"
+                               + (f" sha={str(data['sha'])[:12]}" if data.get("sha") else "")
+                               + (f" reason={data['reason']}" if data.get("reason") else ""),
+        "progress_update": lambda: f"{data.get('progress_percentage')}% "
+                                   f"({data.get('completed_tasks')}/{data.get('total_tasks')})",
+        "risk_alert": lambda: f"[{data.get('severity')}] {data.get('message')}",
+    }.get(kind, lambda: json.dumps(data))()
+    return f"{message.get('timestamp', '')} {message.get('project_id', '')} {kind}: {detail}"

@@ -1,0 +1,206 @@
+"""One `Settings` object, from command-line flags, `AUTOPM_*` environment variables and defaults.
+
+Each setting is declared once in `OPTIONS`; the `serve` flags, their `--help` text, the environment
+variable names and the table in the README are all derived from that declaration. A flag beats the
+environment; the environment beats the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .events import DEFAULT_MAX_EVENT_BYTES
+from .brokers.memory import DEFAULT_HISTORY_SIZE
+from .hub import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES
+
+ENV_PREFIX = "AUTOPM_"
+
+
+class ConfigError(ValueError):
+    """A setting is invalid or the combination is unsafe; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    """A directory the server serves, and the id events name it by."""
+
+    path: Path
+    id: str
+
+    @classmethod
+    def parse(cls, text: str) -> ProjectSpec:
+        """`PATH` or `PATH=ID`; the id defaults to the folder's name."""
+        from .events import PROJECT_ID_PATTERN
+
+        raw_path, sep, raw_id = text.rpartition("=") if "=" in text else (text, "", "")
+        path = Path(raw_path).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"--project {text!r}: {path} is not a directory")
+        project_id = raw_id if sep else path.name
+        if not PROJECT_ID_PATTERN.match(project_id):
+            raise ConfigError(f"--project {text!r}: project id {project_id!r} must be 1-128 letters, "
+                              "digits, '.', '_' or '-'; give one explicitly as PATH=ID")
+        return cls(path, project_id)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    projects: tuple[ProjectSpec, ...] = ()
+    heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
+    history: int = DEFAULT_HISTORY_SIZE
+    cors_origins: tuple[str, ...] = ()
+    publish_token: str | None = None
+    insecure: bool = False
+    log_level: str = "info"
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    max_message_bytes: int = 64 * 1024
+    max_publish_bytes: int = 1024 * 1024
+    max_publish_events: int = 1_000
+    queue_max_messages: int = DEFAULT_QUEUE_MAX_MESSAGES
+    queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES
+    sse_retry_ms: int = 3_000
+    event_types: tuple[str, ...] = ()
+
+    def validate(self) -> Settings:
+        """Refuse unsafe or impossible combinations before anything binds."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port}: must be 0-65535")
+        positive = ("heartbeat", "history", "max_event_bytes", "max_message_bytes", "max_publish_bytes",
+                    "max_publish_events", "queue_max_messages", "queue_max_bytes", "sse_retry_ms")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if not is_loopback(self.host) and not self.publish_token and not self.insecure:
+            raise ConfigError(
+                f"refusing to bind {self.host}: it is reachable from other machines and no "
+                "--publish-token is set, so anyone there could publish. Set --publish-token, bind "
+                "127.0.0.1, or pass --insecure if this is really what you want.")
+        ids = [p.id for p in self.projects]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ConfigError("two --project entries share the id " + ", ".join(duplicates)
+                              + "; give them distinct ids with PATH=ID")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False   # a host name other than localhost may resolve to anything
+
+
+@dataclass(frozen=True)
+class Option:
+    """One `serve` setting as the command line and the environment see it."""
+
+    name: str                       # the Settings field
+    help: str
+    kind: Callable[[str], Any] = str
+    repeatable: bool = False        # flag may be given many times; env var is comma-separated
+    switch: bool = False            # a flag without a value
+    singular: str | None = None     # the flag's name when it differs from the field's (--project)
+
+    @property
+    def flag(self) -> str:
+        return "--" + (self.singular or self.name).replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def _log_level(text: str) -> str:
+    level = text.lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise argparse.ArgumentTypeError("must be debug, info, warning or error")
+    return level
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (use 1/0, true/false)")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("projects", "a directory to serve, as PATH or PATH=ID (repeatable; default: the current "
+           "directory, its id the folder's name)", repeatable=True, singular="project"),
+    Option("host", "address to bind; anything but loopback needs --publish-token or --insecure"),
+    Option("port", "TCP port (0 picks a free one)", int),
+    Option("heartbeat", "seconds between heartbeats on every connection", float),
+    Option("history", "events kept for history and resume", int),
+    Option("cors_origins", "an origin allowed cross-origin HTTP and WebSocket access, e.g. "
+           "https://dash.example.com (repeatable; '*' allows any)", repeatable=True,
+           singular="cors_origin"),
+    Option("publish_token", "require 'Authorization: Bearer TOKEN' on POST /api/v1/events"),
+    Option("insecure", "allow binding a non-loopback address without a publish token", _boolean,
+           switch=True),
+    Option("log_level", "debug, info, warning or error", _log_level),
+    Option("max_event_bytes", "largest event accepted, in bytes of encoded envelope", int),
+    Option("max_message_bytes", "largest inbound WebSocket message; larger ones close with 1009", int),
+    Option("max_publish_bytes", "largest POST /api/v1/events body", int),
+    Option("max_publish_events", "most events in one array publish", int),
+    Option("queue_max_messages", "messages queued per connection before it is closed as a slow "
+           "consumer", int),
+    Option("queue_max_bytes", "bytes queued per connection before it is closed as a slow consumer", int),
+    Option("sse_retry_ms", "the SSE 'retry:' reconnection delay sent to browsers, in milliseconds", int),
+    Option("event_types", "register an extra event type, as NAME or NAME:field1,field2 naming its "
+           "required data fields (repeatable)", repeatable=True,
+           singular="event_type"),
+)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    for option in OPTIONS:
+        default = getattr(defaults, option.name)
+        shown = "current directory" if option.name == "projects" else default
+        help_text = f"{option.help} [default: {shown}; env {option.env}]"
+        if option.switch:
+            parser.add_argument(option.flag, dest=option.name, action="store_const", const=True,
+                                default=None, help=help_text)
+        elif option.repeatable:
+            parser.add_argument(option.flag, dest=option.name, action="append", default=None,
+                                metavar=option.flag[2:].upper(), help=help_text)
+        else:
+            parser.add_argument(option.flag, dest=option.name, type=option.kind, default=None,
+                                metavar=option.name.upper(), help=help_text)
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
+    """Flags over environment over defaults; raises ConfigError naming the bad flag or variable."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(args, option.name, None)
+        if value is None and option.env in environ:
+            value = _from_environment(option, environ[option.env])
+        if value is not None:
+            values[option.name] = value
+    values["projects"] = tuple(ProjectSpec.parse(p) for p in values.get("projects") or [str(Path.cwd())])
+    for name in ("cors_origins", "event_types"):
+        if name in values:
+            values[name] = tuple(values[name])
+    return Settings(**values).validate()
+
+
+def _from_environment(option: Option, text: str) -> Any:
+    try:
+        if option.repeatable:
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return option.kind(text) if option.kind is not str else text
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        raise ConfigError(f"{option.env}={text!r}: {error}") from None
+

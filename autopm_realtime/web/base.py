@@ -1,0 +1,78 @@
+"""What every HTTP handler shares: JSON bodies, JSON errors and the CORS headers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tornado import web
+
+from ..events import dumps
+from ..service import RealtimeService
+from .security import OriginPolicy
+
+
+class ApiError(web.HTTPError):
+    """An HTTP error whose `reason` text is shown to the client in the JSON body."""
+
+    def __init__(self, status: int, reason: str, **extra: Any) -> None:
+        super().__init__(status, log_message=reason)
+        self.reason_text = reason
+        self.extra = extra
+
+
+class JsonHandler(web.RequestHandler):
+    """Base for the HTTP API: errors are `{"error": {"status", "reason", ...}}`, never HTML."""
+
+    service: RealtimeService
+    origin_policy: OriginPolicy
+
+    def initialize(self, service: RealtimeService) -> None:
+        self.service = service
+        self.origin_policy = OriginPolicy(service.settings.cors_origins)
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def prepare(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin and not OriginPolicy.is_same_origin(origin, self.request.host) \
+                and self.origin_policy.allows(origin):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight: answered for allowed origins only."""
+        origin = self.request.headers.get("Origin")
+        if not origin or not self.origin_policy.allows(origin):
+            raise ApiError(403, "cross-origin access from this origin is not allowed; "
+                                "see --cors-origin")
+        self.set_header("Access-Control-Allow-Methods", ", ".join(self.allowed_methods()))
+        self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization, Last-Event-ID")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+
+    def allowed_methods(self) -> list[str]:
+        return [m for m in ("GET", "POST") if getattr(type(self), m.lower()) is not
+                getattr(web.RequestHandler, m.lower())] + ["OPTIONS"]
+
+    def write_json(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(dumps(body))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        body: dict[str, Any] = {"status": status_code, "reason": self._reason}
+        if isinstance(error, ApiError):
+            body["reason"] = error.reason_text
+            body.update(error.extra)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(dumps({"error": body}))
+
+    def json_body(self) -> Any:
+        try:
+            return json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ApiError(400, f"body is not valid JSON: {error}") from None

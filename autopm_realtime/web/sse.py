@@ -1,0 +1,96 @@
+"""The Server-Sent Events protocol: `/api/v1/sse/events`.
+
+Project events are `id:` + `data:` with no `event:` line, so `EventSource.onmessage` receives them; control
+messages (`connection_established`, `heartbeat`, `reset`) are named events, invisible to `onmessage`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..events import PROJECT_ID_PATTERN, Event, EventFilter, EventValidationError, sse_frame, utc_now_iso
+from ..hub import Connection
+from .base import ApiError, JsonHandler
+from .websocket import MAX_EVENT_ID_LENGTH, PROTOCOL_VERSION
+
+
+class EventStreamHandler(JsonHandler):
+    """One long GET per subscriber; it is the hub's `Transport` for its own connection."""
+
+    name = "sse"
+    connection: Connection | None = None
+
+    async def get(self) -> None:
+        event_filter = self._filter_from_query()
+        last_event_id = self._last_event_id()
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        hub = self.service.hub
+        connection = self.connection = hub.connect(self, event_filter)
+        connection.enqueue(f"retry: {self.service.settings.sse_retry_ms}\n\n".encode())
+        connection.send_control(
+            "connection_established", connection_id=connection.id, timestamp=utc_now_iso(),
+            heartbeat_interval=hub.heartbeat_seconds, available_event_types=self.service.registry.names,
+            protocol_version=PROTOCOL_VERSION, event_types=event_filter.describe_types(
+                self.service.registry.names), project_id=event_filter.project_id)
+
+        def confirm(recovered: bool, replayed: int) -> None:
+            if not recovered:
+                connection.send_control("reset", reason="the last event id is unknown or older than "
+                                        "the history kept; resuming with live events only",
+                                        last_event_id=last_event_id)
+
+        await hub.subscribe(connection, event_filter, last_event_id, confirm)
+        await self._ended
+
+    def _filter_from_query(self) -> EventFilter:
+        names = [n.strip() for n in self.get_query_argument("event_types", "").split(",") if n.strip()]
+        try:
+            types = self.service.registry.parse_type_list(names)
+        except EventValidationError as error:
+            raise ApiError(400, str(error), valid_event_types=self.service.registry.names) from None
+        project_id = self.get_query_argument("project_id", "") or None
+        if project_id is not None and not PROJECT_ID_PATTERN.match(project_id):
+            raise ApiError(400, f"project_id {project_id!r} is not a valid project id")
+        return EventFilter(types, project_id)
+
+    def _last_event_id(self) -> str | None:
+        """The `Last-Event-ID` header (sent by a reconnecting EventSource) wins over the query."""
+        event_id = self.request.headers.get("Last-Event-ID") or self.get_query_argument("last_event_id", "")
+        if len(event_id) > MAX_EVENT_ID_LENGTH:
+            raise ApiError(400, f"last event id is longer than {MAX_EVENT_ID_LENGTH} characters")
+        return event_id or None
+
+    def on_connection_close(self) -> None:
+        self._end()
+
+    def on_finish(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if self.connection is not None:
+            self.service.hub.disconnect(self.connection)
+        ended = getattr(self, "_ended", None)
+        if ended is not None and not ended.done():
+            ended.set_result(None)
+
+    # --- Transport -------------------------------------------------------------------------------
+
+    def event_frame(self, event: Event) -> bytes:
+        return event.sse_frame
+
+    def control_frame(self, kind: str, payload: bytes) -> bytes:
+        return sse_frame(payload, name=kind)
+
+    def send(self, data: bytes) -> Any:
+        if self._finished or self.request.connection.stream.closed():
+            return None
+        self.write(data)
+        return self.flush()
+
+    def close_connection(self, code: int, reason: str) -> None:
+        """The stream ends; the browser's EventSource reconnects with `Last-Event-ID` by itself."""
+        self._end()

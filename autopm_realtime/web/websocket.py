@@ -1,0 +1,198 @@
+"""The WebSocket protocol: parsing client messages and the handler that speaks it.
+
+Client messages are `subscribe`, `unsubscribe` and `ping` (DESIGN.md, "Wire contract"). Everything the
+server sends goes through the hub's queue for this connection, so replies, replays, events and heartbeats
+reach the client in the order they were produced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketHandler
+
+from ..events import (PROJECT_ID_PATTERN, Event, EventFilter, EventTypeRegistry, EventValidationError,
+                      utc_now_iso, websocket_text_frame)
+from ..hub import Connection
+from ..service import RealtimeService
+from .security import OriginPolicy
+
+PROTOCOL_VERSION = 1
+MAX_EVENT_ID_LENGTH = 128
+
+
+class ProtocolError(Exception):
+    """A client message we cannot act on; `code` is one of the documented error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    filter: EventFilter
+    last_event_id: str | None
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    event_types: frozenset[str] | None   # None: all of them
+
+
+@dataclass(frozen=True)
+class Ping:
+    id: Any
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping
+
+
+def parse_client_message(raw: str | bytes, registry: EventTypeRegistry) -> ClientMessage:
+    """Turn one text frame into a message, or raise ProtocolError with the code to report.
+
+    Fields a message does not use are ignored, so clients may add their own (a request id, say).
+    """
+    if isinstance(raw, bytes):
+        raise ProtocolError("invalid_message", "binary frames are not supported; send JSON text")
+    try:
+        message = json.loads(raw)
+    except ValueError as error:
+        raise ProtocolError("invalid_json", f"message is not valid JSON: {error}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("invalid_message", "a message must be a JSON object with a string 'type'")
+    kind = message["type"]
+    if kind == "subscribe":
+        return Subscribe(EventFilter(_event_types(message, registry), _project_id(message)),
+                         _last_event_id(message))
+    if kind == "unsubscribe":
+        return Unsubscribe(_event_types(message, registry))
+    if kind == "ping":
+        return Ping(message.get("id"))
+    raise ProtocolError("unknown_message_type",
+                        f"unknown message type {kind!r}; expected subscribe, unsubscribe or ping")
+
+
+def _event_types(message: dict[str, Any], registry: EventTypeRegistry) -> frozenset[str] | None:
+    names = message.get("event_types")
+    if names is None:
+        return None
+    if not isinstance(names, list):
+        raise ProtocolError("invalid_message", "event_types must be a list of event type names")
+    try:
+        return registry.parse_type_list(names)
+    except EventValidationError as error:
+        raise ProtocolError("invalid_event_type", str(error)) from None
+
+
+def _project_id(message: dict[str, Any]) -> str | None:
+    project_id = message.get("project_id")
+    if project_id is None:
+        return None
+    if not isinstance(project_id, str) or not PROJECT_ID_PATTERN.match(project_id):
+        raise ProtocolError("invalid_message", "project_id must be a project id string or null")
+    return project_id
+
+
+def _last_event_id(message: dict[str, Any]) -> str | None:
+    event_id = message.get("last_event_id")
+    if event_id is None:
+        return None
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_EVENT_ID_LENGTH:
+        raise ProtocolError("invalid_message",
+                            f"last_event_id must be an event id string of at most {MAX_EVENT_ID_LENGTH} "
+                            "characters")
+    return event_id
+
+
+class EventWebSocketHandler(WebSocketHandler):
+    """`/api/v1/dashboard/ws`. It is the hub's `Transport` for its own connection.
+
+    Events are written as pre-built frames straight to the stream: compression is never negotiated
+    (`get_compression_options` returns None), so the same bytes are valid for every connection.
+    """
+
+    name = "websocket"
+    service: RealtimeService
+    connection: Connection | None = None
+
+    def initialize(self, service: RealtimeService) -> None:
+        self.service = service
+        self.origin_policy = OriginPolicy(service.settings.cors_origins)
+
+    def check_origin(self, origin: str) -> bool:
+        return super().check_origin(origin) or self.origin_policy.allows(origin)
+
+    def get_compression_options(self) -> None:
+        return None
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        hub = self.service.hub
+        # A WebSocket receives nothing until it subscribes.
+        self.connection = hub.connect(self, EventFilter(types=frozenset()))
+        self.connection.send_control(
+            "connection_established", connection_id=self.connection.id, timestamp=utc_now_iso(),
+            heartbeat_interval=hub.heartbeat_seconds, available_event_types=self.service.registry.names,
+            protocol_version=PROTOCOL_VERSION)
+
+    async def on_message(self, message: str | bytes) -> None:
+        """Tornado reads the next message only after this returns, so a subscribe's replay finishes
+        before the next subscribe replaces its filter."""
+        connection = self.connection
+        if connection is None or connection.closed:
+            return
+        try:
+            parsed = parse_client_message(message, self.service.registry)
+        except ProtocolError as error:
+            connection.send_control("error", code=error.code, message=error.message)
+            return
+        if isinstance(parsed, Ping):
+            fields = {"timestamp": utc_now_iso()}
+            if parsed.id is not None:
+                fields["id"] = parsed.id
+            connection.send_control("pong", **fields)
+        elif isinstance(parsed, Subscribe):
+            await self._subscribe(connection, parsed)
+        else:
+            names = self.service.registry.names
+            connection.filter = connection.filter.without(parsed.event_types, names)
+            connection.send_control("unsubscription_confirmed",
+                                    event_types=connection.filter.describe_types(names))
+
+    async def _subscribe(self, connection: Connection, request: Subscribe) -> None:
+        names = self.service.registry.names
+
+        def confirm(recovered: bool, replayed: int) -> None:
+            connection.send_control(
+                "subscription_confirmed", event_types=request.filter.describe_types(names),
+                project_id=request.filter.project_id, recovered=recovered, replayed=replayed)
+
+        await self.service.hub.subscribe(connection, request.filter, request.last_event_id, confirm)
+
+    def on_close(self) -> None:
+        if self.connection is not None:
+            self.service.hub.disconnect(self.connection)
+
+    # --- Transport -------------------------------------------------------------------------------
+
+    def event_frame(self, event: Event) -> bytes:
+        return event.ws_frame
+
+    def control_frame(self, kind: str, payload: bytes) -> bytes:
+        return websocket_text_frame(payload)
+
+    def send(self, data: bytes) -> Any:
+        protocol = self.ws_connection
+        if protocol is None or protocol.is_closing():
+            return None
+        try:
+            return protocol.stream.write(data)
+        except StreamClosedError:
+            return None
+
+    def close_connection(self, code: int, reason: str) -> None:
+        self.close(code, reason)
