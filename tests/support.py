@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 from typing import Any
 
@@ -174,3 +175,18 @@ def progress(percentage: float, completed: int, total: int, project: str = "my-p
     return {"type": "progress_update", "project_id": project,
             "data": {"progress_percentage": percentage, "completed_tasks": completed,
                      "total_tasks": total}}
+
+
+STRICT_ENV = "AUTOPM_TEST_STRICT"
+
+
+def require(available: bool, reason: str) -> None:
+    """Skip when an external dependency (Node.js packages, Redis, Chromium) is missing — except under
+    CI, where `.ci/run` sets AUTOPM_TEST_STRICT=1 and a missing dependency is a failure."""
+    import pytest
+
+    if available:
+        return
+    if os.environ.get(STRICT_ENV) == "1":
+        pytest.fail(f"{reason} ({STRICT_ENV}=1, so this is a failure, not a skip)")
+    pytest.skip(reason)
