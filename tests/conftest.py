@@ -11,12 +11,13 @@ from tornado.httpclient import AsyncHTTPClient
 from autopm_realtime.config import ProjectSpec, Settings
 from autopm_realtime.service import RealtimeService
 from autopm_realtime.web.app import make_app
+from support import SseClient, WsClient
 
 
 @pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    """Override in a test module (or parametrize) to change the server's settings."""
-    return {}
+def settings_overrides(request) -> dict[str, Any]:
+    """Settings a test changes, given with `@with_settings(...)` (tests/support.py)."""
+    return getattr(request, "param", {})
 
 
 @pytest.fixture
@@ -39,7 +40,8 @@ def app(service):
 
 
 @pytest.fixture
-def port(http_server, http_server_port) -> int:
+def port(app, http_server, http_server_port) -> int:
+    """The in-process server's port (naming `app` keeps `settings_overrides` in the fixture closure)."""
     return http_server_port[1]
 
 
@@ -48,3 +50,13 @@ def http(http_server) -> AsyncHTTPClient:
     client = AsyncHTTPClient(force_instance=True)
     yield client
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def close_test_clients(io_loop):
+    """Close every test client a test opened, even when it failed half-way."""
+    yield
+    for client in (*WsClient.opened, *SseClient.opened):
+        client.close()
+    WsClient.opened.clear()
+    SseClient.opened.clear()

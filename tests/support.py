@@ -8,16 +8,31 @@ import json
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 RECEIVE_TIMEOUT = 5.0
 
 
+def with_settings(**overrides: Any):
+    """Run a test against a server with these `Settings` fields changed."""
+    import pytest
+
+    return pytest.mark.parametrize("settings_overrides", [overrides], indirect=True,
+                                   ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+
+
 class WsClient:
-    """A WebSocket test client that reads JSON messages with a timeout."""
+    """A WebSocket test client that reads JSON messages with a timeout.
+
+    Every client opened is closed after its test by the `close_test_clients` fixture."""
+
+    opened: list[WsClient] = []
 
     def __init__(self, connection: WebSocketClientConnection) -> None:
         self.connection = connection
+        WsClient.opened.append(self)
 
     @classmethod
     async def open(cls, port: int, *, headers: dict[str, str] | None = None,
@@ -92,23 +107,28 @@ class SseMessage(dict):
 
 
 class SseClient:
-    """Reads an SSE stream through tornado's HTTP client, parsing messages as they arrive."""
+    """Reads an SSE stream over a raw socket (HTTP/1.1, chunked), parsing messages as they arrive.
 
-    def __init__(self) -> None:
+    A raw socket, not tornado's HTTP client, so that `close()` really disconnects."""
+
+    opened: list[SseClient] = []
+
+    def __init__(self, stream: IOStream) -> None:
+        SseClient.opened.append(self)
+        self.stream = stream
         self.messages: asyncio.Queue[SseMessage] = asyncio.Queue()
-        self.response: asyncio.Future[HTTPResponse] | None = None
+        self.status = 0
         self.headers: dict[str, str] = {}
-        self._buffer = b""
-        self._client = AsyncHTTPClient(force_instance=True)
+        self.ended = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
     async def open(cls, port: int, query: str = "", headers: dict[str, str] | None = None) -> SseClient:
-        client = cls()
-        request = HTTPRequest(f"http://127.0.0.1:{port}/api/v1/sse/events{query}", headers=headers,
-                              streaming_callback=client._on_chunk, header_callback=client._on_header,
-                              request_timeout=0)
-        client.response = asyncio.ensure_future(client._client.fetch(request, raise_error=False))
-        return client
+        stream = await TCPClient().connect("127.0.0.1", port)
+        lines = [f"GET /api/v1/sse/events{query} HTTP/1.1", f"Host: 127.0.0.1:{port}",
+                 "Accept: text/event-stream", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return cls(stream)
 
     @classmethod
     async def connected(cls, port: int, query: str = "", **kwargs: Any) -> tuple[SseClient, SseMessage]:
@@ -119,23 +139,38 @@ class SseClient:
         assert established["event"] == "connection_established", established
         return client, established
 
-    def _on_header(self, line: str) -> None:
-        name, sep, value = line.partition(":")
-        if sep:
-            self.headers[name.strip().lower()] = value.strip()
+    async def _read(self) -> None:
+        try:
+            head = (await self.stream.read_until(b"\r\n\r\n")).decode()
+            status_line, *header_lines = head.strip().split("\r\n")
+            self.status = int(status_line.split()[1])
+            for line in header_lines:
+                name, _, value = line.partition(":")
+                self.headers[name.strip().lower()] = value.strip()
+            buffer = b""
+            while True:
+                size = int(await self.stream.read_until(b"\r\n"), 16)
+                if size == 0:
+                    break
+                buffer += (await self.stream.read_bytes(size + 2))[:-2]
+                while b"\n\n" in buffer:
+                    block, buffer = buffer.split(b"\n\n", 1)
+                    self.messages.put_nowait(self._parse(block))
+        except StreamClosedError:
+            pass
+        finally:
+            self.ended.set_result(self.status)
 
-    def _on_chunk(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        while b"\n\n" in self._buffer:
-            block, self._buffer = self._buffer.split(b"\n\n", 1)
-            message = SseMessage(event=None, id=None, data=None, retry=None)
-            for line in block.decode().split("\n"):
-                field, _, value = line.partition(": ")
-                if field == "data":
-                    message["data"] = json.loads(value)
-                elif field in ("event", "id", "retry"):
-                    message[field] = value
-            self.messages.put_nowait(message)
+    @staticmethod
+    def _parse(block: bytes) -> SseMessage:
+        message = SseMessage(event=None, id=None, data=None, retry=None)
+        for line in block.decode().split("\n"):
+            field, _, value = line.partition(": ")
+            if field == "data":
+                message["data"] = json.loads(value)
+            elif field in ("event", "id", "retry"):
+                message[field] = value
+        return message
 
     async def receive(self, timeout: float = RECEIVE_TIMEOUT) -> SseMessage:
         return await asyncio.wait_for(self.messages.get(), timeout)
@@ -149,12 +184,12 @@ class SseClient:
                 received.append(message)
         return received
 
-    async def ended(self, timeout: float = RECEIVE_TIMEOUT) -> HTTPResponse:
-        assert self.response is not None
-        return await asyncio.wait_for(self.response, timeout)
+    async def end_of_stream(self, timeout: float = RECEIVE_TIMEOUT) -> None:
+        """Wait until the server ends the stream (last chunk or closed connection)."""
+        await asyncio.wait_for(asyncio.shield(self.ended), timeout)
 
     def close(self) -> None:
-        self._client.close()
+        self.stream.close()
 
 
 async def publish(client: AsyncHTTPClient, port: int, body: Any, *,

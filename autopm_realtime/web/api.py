@@ -37,8 +37,8 @@ class EventsHandler(JsonHandler):
         settings = self.service.settings
         if settings.publish_token and not token_matches(
                 settings.publish_token, bearer_token(self.request.headers.get("Authorization"))):
-            self.set_header("WWW-Authenticate", 'Bearer realm="autopm-realtime"')
-            raise ApiError(401, "publishing needs 'Authorization: Bearer <publish token>'")
+            raise ApiError(401, "publishing needs 'Authorization: Bearer <publish token>'",
+                           headers={"WWW-Authenticate": 'Bearer realm="autopm-realtime"'})
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise ApiError(415, "publish with 'Content-Type: application/json'")

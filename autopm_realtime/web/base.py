@@ -13,11 +13,15 @@ from .security import OriginPolicy
 
 
 class ApiError(web.HTTPError):
-    """An HTTP error whose `reason` text is shown to the client in the JSON body."""
+    """An HTTP error whose `reason` text is shown to the client in the JSON body.
 
-    def __init__(self, status: int, reason: str, **extra: Any) -> None:
+    `headers` are sent with the error (tornado clears headers set before an error is raised)."""
+
+    def __init__(self, status: int, reason: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
         super().__init__(status, log_message=reason)
         self.reason_text = reason
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -36,6 +40,10 @@ class JsonHandler(web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
 
     def prepare(self) -> None:
+        self._allow_origin()
+
+    def _allow_origin(self) -> None:
+        """CORS headers for an allowed cross-origin caller (set again on errors, which clear them)."""
         origin = self.request.headers.get("Origin")
         if origin and not OriginPolicy.is_same_origin(origin, self.request.host) \
                 and self.origin_policy.allows(origin):
@@ -68,6 +76,9 @@ class JsonHandler(web.RequestHandler):
         if isinstance(error, ApiError):
             body["reason"] = error.reason_text
             body.update(error.extra)
+            for name, value in error.headers.items():
+                self.set_header(name, value)
+        self._allow_origin()
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(dumps({"error": body}))
 
