@@ -1,0 +1,80 @@
+"""The hub: encode once per transport, one write per connection per loop turn, shutdown, SSE overflow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+from autopm_realtime import events as events_module
+
+from support import SseClient, WsClient, file_change, publish, with_settings
+
+
+async def test_each_event_is_encoded_once_per_transport(port, http, monkeypatch):
+    """However many connections match, the JSON and each transport's frame are built once."""
+    calls = {"json": 0, "ws": 0, "sse": 0}
+    for name, key in (("dumps", "json"), ("websocket_text_frame", "ws"), ("sse_frame", "sse")):
+        original = getattr(events_module, name)
+
+        def counting(*args, _original=original, _key=key, **kwargs):
+            calls[_key] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(events_module, name, counting)
+
+    clients = [(await WsClient.connected(port))[0] for _ in range(20)]
+    for ws in clients:
+        await ws.subscribe(event_types=["file_change"])
+    streams = [(await SseClient.connected(port, "?event_types=file_change"))[0] for _ in range(20)]
+    before = dict(calls)
+    await publish(http, port, [file_change("a.py"), file_change("b.py")])
+    for ws in clients:
+        assert len(await ws.events(2)) == 2
+    for sse in streams:
+        assert len(await sse.events(2)) == 2
+    # per event: validation measures it once, then its envelope is encoded once for all 40 connections
+    assert calls["json"] - before["json"] == 2 * 2
+    assert calls["ws"] - before["ws"] == 2
+    assert calls["sse"] - before["sse"] == 2
+
+
+async def test_a_burst_is_coalesced_into_one_write_per_connection(port, http, service, monkeypatch):
+    ws, _ = await WsClient.connected(port)
+    await ws.subscribe(event_types=["file_change"])
+    [connection] = service.hub.connections()
+    writes = []
+    original = connection.transport.send
+    monkeypatch.setattr(connection.transport, "send", lambda data: writes.append(data) or original(data))
+    await publish(http, port, [file_change(f"{i}.py") for i in range(50)])
+    assert len(await ws.events(50)) == 50
+    assert len(writes) == 1
+
+
+async def test_stop_closes_every_connection_with_going_away(port, service):
+    ws, _ = await WsClient.connected(port)
+    sse, _ = await SseClient.connected(port)
+    service.hub.stop()
+    assert await ws.closed() == (1001, "server shutting down")
+    await sse.end_of_stream()
+    assert service.hub.connections() == []
+
+
+@with_settings(queue_max_bytes=128 * 1024)
+async def test_slow_sse_consumer_stream_is_ended(port, http, service):
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.sendall(b"GET /api/v1/sse/events?event_types=file_change HTTP/1.1\r\nHost: x\r\n\r\n")
+    fast, _ = await SseClient.connected(port, "?event_types=file_change")
+    while len(service.hub.connections("sse")) < 2:
+        await asyncio.sleep(0.005)
+    batch = [file_change(f"{i}-" + "f" * 8000) for i in range(10)]
+    published = 0
+    while service.hub.stats.slow_consumer_closes == 0 and published < 10_000:
+        await publish(http, port, batch)
+        published += len(batch)
+        assert len(await fast.events(len(batch))) == len(batch)
+    assert service.hub.stats.slow_consumer_closes == 1
+    assert len(service.hub.connections("sse")) == 1
+    stats = json.loads((await http.fetch(f"http://127.0.0.1:{port}/api/v1/sse/stats")).body)
+    assert stats["counters"]["slow_consumer_closes"] == 1
+    slow.close()
