@@ -77,6 +77,10 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.queue_max_bytes < 2 * self.max_event_bytes:
+            raise ConfigError(f"--queue-max-bytes {self.queue_max_bytes} must be at least twice "
+                              f"--max-event-bytes {self.max_event_bytes}, or one large event would close "
+                              "every connection as a slow consumer")
         if not is_loopback(self.host) and not self.publish_token and not self.insecure:
             raise ConfigError(
                 f"refusing to bind {self.host}: it is reachable from other machines and no "

@@ -24,9 +24,8 @@ log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 DEFAULT_QUEUE_MAX_MESSAGES = 1_000
 DEFAULT_QUEUE_MAX_BYTES = 4 * 1024 * 1024
-REPLAY_CHUNK_EVENTS = 256
 SLOW_CONSUMER_CLOSE_CODE = 4008
-GOING_AWAY_CLOSE_CODE = 1001   # replayed events are written in slices, each waiting for the last to drain
+GOING_AWAY_CLOSE_CODE = 1001
 
 
 class Transport(Protocol):
@@ -138,7 +137,8 @@ class Connection:
         self._inflight_messages += count
         self._hub.stats.messages_sent += count
         self._hub.stats.bytes_sent += len(data)
-        future.add_done_callback(lambda done: self._written(done, len(data), count))
+        size = len(data)
+        future.add_done_callback(lambda done: self._written(done, size, count))
         return future
 
     def _written(self, future: asyncio.Future[Any], size: int, count: int) -> None:
@@ -148,15 +148,26 @@ class Connection:
             future.exception()   # a closed stream is reported by the transport's close, not here
 
     async def replay(self, events: list[Event]) -> None:
-        """Write history events in bounded slices, waiting for each slice to drain, then release the
-        live events that arrived meanwhile, minus those the replay already sent."""
-        for start in range(0, len(events), REPLAY_CHUNK_EVENTS):
+        """Write history events in slices of at most half the queue's bounds, waiting for each slice to
+        drain, then release the live events that arrived meanwhile, minus those already replayed.
+
+        Half, so that heartbeats and replies queued while a slice is in flight still fit."""
+        max_bytes = self._hub.limits.max_bytes // 2
+        max_messages = max(1, self._hub.limits.max_messages // 2)
+        index = 0
+        while index < len(events):
             if self.closed:
                 return
-            chunk = events[start:start + REPLAY_CHUNK_EVENTS]
             self.flush()   # anything queued before (the confirmation) goes first
-            future = self._write(b"".join(self.transport.event_frame(e) for e in chunk), len(chunk))
-            self._last_position = chunk[-1].position
+            frames: list[bytes] = []
+            size = 0
+            while index < len(events) and len(frames) < max_messages and (
+                    not frames or size + len(self.transport.event_frame(events[index])) <= max_bytes):
+                frames.append(self.transport.event_frame(events[index]))
+                size += len(frames[-1])
+                index += 1
+            self._last_position = events[index - 1].position
+            future = self._write(b"".join(frames), len(frames))
             if future is not None:
                 try:
                     await future
@@ -214,7 +225,7 @@ class Hub:
 
     def start(self) -> None:
         self._remove_listener = self.broker.add_listener(self._on_event)
-        self._heartbeat = PeriodicCallback(self._send_heartbeats, self.heartbeat_seconds * 1000)
+        self._heartbeat = PeriodicCallback(self.send_heartbeats, self.heartbeat_seconds * 1000)
         self._heartbeat.start()
 
     def stop(self) -> None:
@@ -293,7 +304,7 @@ class Hub:
         for connection in dirty:
             connection.flush()
 
-    def _send_heartbeats(self) -> None:
+    def send_heartbeats(self) -> None:
         self.stats.heartbeats += 1
         payload = control_message("heartbeat", timestamp=utc_now_iso())
         frames: dict[str, bytes] = {}

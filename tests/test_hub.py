@@ -7,6 +7,9 @@ import json
 import socket
 
 from autopm_realtime import events as events_module
+from autopm_realtime.brokers.memory import MemoryBroker
+from autopm_realtime.events import EventFilter, EventTypeRegistry, validate_publish, websocket_text_frame
+from autopm_realtime.hub import Hub, QueueLimits
 
 from support import SseClient, WsClient, file_change, publish, with_settings
 
@@ -78,3 +81,60 @@ async def test_slow_sse_consumer_stream_is_ended(port, http, service):
     stats = json.loads((await http.fetch(f"http://127.0.0.1:{port}/api/v1/sse/stats")).body)
     assert stats["counters"]["slow_consumer_closes"] == 1
     slow.close()
+
+
+class StalledTransport:
+    """A client whose socket takes bytes but never drains them, until the test says so."""
+
+    name = "websocket"
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[bytes, asyncio.Future]] = []
+        self.closed_with: int | None = None
+
+    def event_frame(self, event):
+        return event.ws_frame
+
+    def control_frame(self, kind, payload):
+        return websocket_text_frame(payload)
+
+    def send(self, data):
+        future = asyncio.get_running_loop().create_future()
+        self.writes.append((data, future))
+        return future
+
+    def close_connection(self, code, reason):
+        self.closed_with = code
+
+    def drain(self) -> None:
+        for _, future in self.writes:
+            if not future.done():
+                future.set_result(None)
+
+
+async def test_replay_larger_than_the_queue_bound_is_paced_not_closed():
+    """A resume may replay far more than one connection may queue. It goes out in slices that leave
+    room for heartbeats, so a resuming client is not mistaken for a slow consumer."""
+    broker = MemoryBroker()
+    hub = Hub(broker, EventTypeRegistry(), limits=QueueLimits(max_messages=1000, max_bytes=256 * 1024))
+    registry = EventTypeRegistry()
+    [first] = await broker.publish([validate_publish(file_change("0.py"), registry)])
+    big = [validate_publish(file_change(f"{i}-" + "x" * 60_000), registry) for i in range(100)]
+    await broker.publish(big)
+    transport = StalledTransport()
+    connection = hub.connect(transport)
+    confirmed = []
+    resume = asyncio.ensure_future(hub.subscribe(connection, EventFilter(), first.id,
+                                                 lambda *outcome: confirmed.append(outcome)))
+    await asyncio.sleep(0)                         # the first slice is written and waits to drain
+    for _ in range(20):
+        hub.send_heartbeats()                      # heartbeats queue behind the stalled slice
+    assert transport.closed_with is None and not connection.closed
+    assert connection.pending_bytes <= 256 * 1024
+    while not resume.done():
+        transport.drain()
+        await asyncio.sleep(0)
+    assert confirmed == [(True, 100)]
+    sent = b"".join(data for data, _ in transport.writes)
+    assert sent.count(b'"type":"file_change"') == 100
+    assert transport.closed_with is None
