@@ -35,18 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--url", default="http://127.0.0.1:8000", help="server URL [default: %(default)s]")
     tail.add_argument("--event-types", help="comma-separated event types [default: all]")
     tail.add_argument("--project-id", help="only this project's events [default: all]")
-    tail.add_argument("--last-event-id", help="resume after this event id")
-    tail.add_argument("--sse", action="store_true", help="use Server-Sent Events instead of WebSocket")
-    tail.add_argument("--json", action="store_true", help="print each event as one JSON line")
+    tail.add_argument("--last-event-id", help="resume after this event id [default: live events only]")
+    tail.add_argument("--sse", action="store_true",
+                      help="use Server-Sent Events only [default: WebSocket, SSE if it is refused]")
+    tail.add_argument("--json", action="store_true",
+                      help="print each event as one JSON line [default: one human-readable line]")
     tail.add_argument("--max-retries", type=int, default=100,
                       help="consecutive failed reconnects before giving up [default: %(default)s]")
 
     publish = commands.add_parser("publish", help="publish one event and print its id")
     publish.add_argument("--url", default="http://127.0.0.1:8000", help="server URL [default: %(default)s]")
-    publish.add_argument("--type", required=True, help="event type, e.g. progress_update")
-    publish.add_argument("--project-id", required=True, help="the project the event belongs to")
+    publish.add_argument("--type", required=True, help="event type, e.g. progress_update (required)")
+    publish.add_argument("--project-id", required=True,
+                         help="the project the event belongs to (required)")
     publish.add_argument("--data", default="{}", help="the event's data as a JSON object [default: {}]")
-    publish.add_argument("--token", help="publish token (Authorization: Bearer)")
+    publish.add_argument("--token", help="publish token (Authorization: Bearer) [default: none]")
     return parser
 
 
