@@ -9,8 +9,7 @@ from tornado import web
 
 from .. import __version__
 from ..brokers import BrokerUnavailableError
-from ..events import PROJECT_ID_PATTERN, EventFilter, EventTooLargeError, EventValidationError, \
-    validate_publish
+from ..events import EventTooLargeError, EventValidationError, validate_publish
 from .base import ApiError, JsonHandler
 from .security import bearer_token, token_matches
 
@@ -83,20 +82,12 @@ class EventsHandler(JsonHandler):
         self.write_json(reply, status=202)
 
     async def get(self) -> None:
-        registry = self.service.registry
-        names = [n.strip() for n in self.get_query_argument("event_types", "").split(",") if n.strip()]
-        try:
-            types = registry.parse_type_list(names)
-        except EventValidationError as error:
-            raise ApiError(400, str(error), valid_event_types=registry.names) from None
-        project_id = self.get_query_argument("project_id", "") or None
-        if project_id is not None and not PROJECT_ID_PATTERN.match(project_id):
-            raise ApiError(400, f"project_id {project_id!r} is not a valid project id")
+        event_filter = self.filter_from_query()
         limit_text = self.get_query_argument("limit", str(DEFAULT_HISTORY_LIMIT))
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_HISTORY_LIMIT:
             raise ApiError(400, f"limit must be a whole number from 1 to {MAX_HISTORY_LIMIT}")
         since = self.get_query_argument("since", "") or None
-        page = await self.service.broker.history(since, EventFilter(types, project_id), int(limit_text))
+        page = await self.service.broker.history(since, event_filter, int(limit_text))
         self.write_json({"events": [event.envelope() for event in page.events],
                          "recovered": page.recovered,
                          "last_event_id": page.events[-1].id if page.events else since})

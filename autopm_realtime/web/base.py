@@ -7,7 +7,7 @@ from typing import Any
 
 from tornado import web
 
-from ..events import dumps
+from ..events import PROJECT_ID_PATTERN, EventFilter, EventValidationError, dumps
 from ..service import RealtimeService
 from .security import OriginPolicy
 
@@ -81,6 +81,19 @@ class JsonHandler(web.RequestHandler):
         self._allow_origin()
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(dumps({"error": body}))
+
+    def filter_from_query(self) -> EventFilter:
+        """`event_types=a,b` (empty or absent: all) and `project_id=p` (absent: all projects)."""
+        registry = self.service.registry
+        names = [n.strip() for n in self.get_query_argument("event_types", "").split(",") if n.strip()]
+        try:
+            types = registry.parse_type_list(names)
+        except EventValidationError as error:
+            raise ApiError(400, str(error), valid_event_types=registry.names) from None
+        project_id = self.get_query_argument("project_id", "") or None
+        if project_id is not None and not PROJECT_ID_PATTERN.match(project_id):
+            raise ApiError(400, f"project_id {project_id!r} is not a valid project id")
+        return EventFilter(types, project_id)
 
     def json_body(self) -> Any:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..events import PROJECT_ID_PATTERN, Event, EventFilter, EventValidationError, sse_frame, utc_now_iso
+from ..events import Event, sse_frame, utc_now_iso
 from ..hub import Connection
 from .base import ApiError, JsonHandler
 from .websocket import MAX_EVENT_ID_LENGTH, PROTOCOL_VERSION
@@ -22,7 +22,7 @@ class EventStreamHandler(JsonHandler):
     connection: Connection | None = None
 
     async def get(self) -> None:
-        event_filter = self._filter_from_query()
+        event_filter = self.filter_from_query()
         last_event_id = self._last_event_id()
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
@@ -45,17 +45,6 @@ class EventStreamHandler(JsonHandler):
 
         await hub.subscribe(connection, event_filter, last_event_id, confirm)
         await self._ended
-
-    def _filter_from_query(self) -> EventFilter:
-        names = [n.strip() for n in self.get_query_argument("event_types", "").split(",") if n.strip()]
-        try:
-            types = self.service.registry.parse_type_list(names)
-        except EventValidationError as error:
-            raise ApiError(400, str(error), valid_event_types=self.service.registry.names) from None
-        project_id = self.get_query_argument("project_id", "") or None
-        if project_id is not None and not PROJECT_ID_PATTERN.match(project_id):
-            raise ApiError(400, f"project_id {project_id!r} is not a valid project id")
-        return EventFilter(types, project_id)
 
     def _last_event_id(self) -> str | None:
         """The `Last-Event-ID` header (sent by a reconnecting EventSource) wins over the query."""
