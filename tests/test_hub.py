@@ -138,3 +138,14 @@ async def test_replay_larger_than_the_queue_bound_is_paced_not_closed():
     sent = b"".join(data for data, _ in transport.writes)
     assert sent.count(b'"type":"file_change"') == 100
     assert transport.closed_with is None
+
+
+async def test_sockets_send_without_nagle_delay(port, service):
+    """Writes are coalesced per loop turn already; Nagle's algorithm would hold small messages back
+    until the client's delayed ACK (~40 ms)."""
+    await WsClient.connected(port)
+    await SseClient.connected(port)
+    by_transport = {c.transport.name: c.transport for c in service.hub.connections()}
+    sockets = [by_transport["websocket"].ws_connection.stream.socket,
+               by_transport["sse"].request.connection.stream.socket]
+    assert [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets] == [1, 1]

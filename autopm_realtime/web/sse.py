@@ -27,6 +27,7 @@ class EventStreamHandler(JsonHandler):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
+        self.request.connection.stream.set_nodelay(True)   # writes are coalesced already; see websocket.py
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         hub = self.service.hub
         connection = self.connection = hub.connect(self, event_filter)
