@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .events import DEFAULT_MAX_EVENT_BYTES
+from .events import DEFAULT_MAX_EVENT_BYTES, EventTypeRegistry, parse_extra_event_type
 from .brokers.memory import DEFAULT_HISTORY_SIZE
 from .hub import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES
 
@@ -86,6 +86,10 @@ class Settings:
                 f"refusing to bind {self.host}: it is reachable from other machines and no "
                 "--publish-token is set, so anyone there could publish. Set --publish-token, bind "
                 "127.0.0.1, or pass --insecure if this is really what you want.")
+        try:
+            EventTypeRegistry(parse_extra_event_type(spec) for spec in self.event_types)
+        except ValueError as error:
+            raise ConfigError(f"--event-type: {error}") from None
         ids = [p.id for p in self.projects]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:

@@ -44,6 +44,17 @@ def utc_now_iso() -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
+def loads(text: str | bytes) -> Any:
+    """Parse client JSON strictly: NaN/Infinity and pathological nesting are refused with ValueError,
+    so nothing we accept can fail to encode later."""
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not valid JSON")
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON: the one encoder for everything the server sends."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
@@ -370,7 +381,8 @@ class EventFilter:
         return EventFilter(current - frozenset(types), self.project_id)
 
     def describe_types(self, all_types: Iterable[str]) -> list[str]:
-        return sorted(self.types) if self.types is not None else list(all_types)
+        """The types this filter admits, in registration order."""
+        return [name for name in all_types if self.types is None or name in self.types]
 
 
 def control_message(kind: str, **fields: Any) -> bytes:

@@ -102,10 +102,17 @@ async def test_invalid_publish_is_400_with_the_reason(port, http, body, fragment
     assert fragment in error["reason"], error
 
 
-async def test_invalid_json_is_400(port, http):
-    response = await publish(http, port, b"{nope")
+@pytest.mark.parametrize("body, fragment", [
+    (b"{nope", "not valid JSON"),
+    (b'{"type": "risk_alert", "project_id": "p", "data": {"severity": "low", "message": "m", "x": NaN}}',
+     "NaN is not valid JSON"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested too deeply", id="nested-too-deeply"),
+    (b"\xff\xfe{}", "not valid JSON"),
+])
+async def test_malformed_json_is_400(port, http, body, fragment):
+    response = await publish(http, port, body)
     assert response.code == 400
-    assert "not valid JSON" in json.loads(response.body)["error"]["reason"]
+    assert fragment in json.loads(response.body)["error"]["reason"]
 
 
 async def test_array_publish_is_atomic(port, http):
@@ -188,7 +195,7 @@ async def test_history_since_an_id(port, http):
 
 
 @pytest.mark.parametrize("query", ["?limit=0", "?limit=1001", "?limit=ten", "?event_types=nope",
-                                   "?project_id=bad%20id"])
+                                   "?project_id=bad%20id", "?since=" + "x" * 129])
 async def test_history_bad_query_is_400(port, http, query):
     code, body = await get_json(http, port, "/api/v1/events" + query)
     assert code == 400 and body["error"]["reason"]
@@ -253,6 +260,11 @@ async def test_health_reports_the_broker(port, http):
     code, body = await get_json(http, port, "/api/v1/health")
     assert code == 200 and body["status"] == "ok"
     assert body["broker"]["kind"] == "memory" and body["broker"]["state"] == "ok"
+
+
+async def test_answers_carry_no_etag(port, http):
+    response = await http.fetch(url(port, "/api/v1/events"))
+    assert "Etag" not in response.headers and response.headers["Cache-Control"] == "no-store"
 
 
 async def test_unknown_path_is_json_404(port, http):

@@ -45,6 +45,9 @@ def test_flags_beat_environment_which_beats_defaults(tmp_path):
     (["--project", "/does/not/exist"], {}, "is not a directory"),
     ([], {"AUTOPM_PORT": "eighty"}, "AUTOPM_PORT='eighty'"),
     ([], {"AUTOPM_INSECURE": "maybe"}, "AUTOPM_INSECURE"),
+    (["--event-type", "heartbeat"], {}, "--event-type: invalid event type name 'heartbeat'"),
+    (["--event-type", "deploy", "--event-type", "deploy"], {}, "registered twice"),
+    (["--queue-max-bytes", "1000"], {}, "at least twice --max-event-bytes"),
 ])
 def test_refusals_say_what_to_change(argv, environ, fragment, tmp_path):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("-", r"\-")):

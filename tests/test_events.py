@@ -109,4 +109,4 @@ def test_filter_without_types_keeps_matching_nothing_rather_than_everything():
     event = Event(draft("risk_alert", {"severity": "low", "message": "m"}), "e-1", 1)
     assert everything.matches(event) and not nothing.matches(event)
     assert everything.without(["risk_alert"], REGISTRY.names).describe_types(REGISTRY.names) == [
-        "auto_commit", "file_change", "progress_update"]
+        "file_change", "auto_commit", "progress_update"]

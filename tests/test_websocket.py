@@ -89,7 +89,9 @@ async def test_unsubscribe_some_then_all(port, http):
     await publish(http, port, progress(1, 0, 1))
     [event] = await ws.events(1)
     assert event["type"] == "progress_update"
-    await ws.send({"type": "unsubscribe"})
+    await ws.send({"type": "unsubscribe", "event_types": []})   # an empty list removes nothing
+    assert (await ws.receive_type("unsubscription_confirmed"))["event_types"] == ["progress_update"]
+    await ws.send({"type": "unsubscribe"})                      # a missing list removes everything
     assert (await ws.receive_type("unsubscription_confirmed"))["event_types"] == []
     await publish(http, port, progress(2, 0, 1))
     await ws.expect_silence()
@@ -118,6 +120,8 @@ async def test_ping_pong_echoes_id(port):
     ('{"type": "subscribe", "project_id": "has space"}', "invalid_message"),
     ('{"type": "subscribe", "last_event_id": 3}', "invalid_message"),
     ('{"type": "unsubscribe", "event_types": ["nope"]}', "invalid_event_type"),
+    ('{"type": "ping", "x": NaN}', "invalid_json"),
+    pytest.param("[" * 5_000 + "]" * 5_000, "invalid_json", id="nested-too-deeply"),
     (b"\x00binary", "invalid_message"),
 ])
 async def test_bad_input_gets_an_error_and_the_connection_lives_on(port, message, code):

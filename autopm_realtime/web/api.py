@@ -12,6 +12,7 @@ from ..brokers import BrokerUnavailableError
 from ..events import EventTooLargeError, EventValidationError, validate_publish
 from .base import ApiError, JsonHandler
 from .security import bearer_token, token_matches
+from .websocket import MAX_EVENT_ID_LENGTH
 
 DEFAULT_HISTORY_LIMIT = 100
 MAX_HISTORY_LIMIT = 1_000
@@ -87,6 +88,8 @@ class EventsHandler(JsonHandler):
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_HISTORY_LIMIT:
             raise ApiError(400, f"limit must be a whole number from 1 to {MAX_HISTORY_LIMIT}")
         since = self.get_query_argument("since", "") or None
+        if since is not None and len(since) > MAX_EVENT_ID_LENGTH:
+            raise ApiError(400, f"since is longer than {MAX_EVENT_ID_LENGTH} characters")
         page = await self.service.broker.history(since, event_filter, int(limit_text))
         self.write_json({"events": [event.envelope() for event in page.events],
                          "recovered": page.recovered,

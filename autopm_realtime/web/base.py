@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from tornado import web
 
-from ..events import PROJECT_ID_PATTERN, EventFilter, EventValidationError, dumps
+from ..events import PROJECT_ID_PATTERN, EventFilter, EventValidationError, dumps, loads
 from ..service import RealtimeService
 from .security import OriginPolicy
 
@@ -34,6 +33,10 @@ class JsonHandler(web.RequestHandler):
     def initialize(self, service: RealtimeService) -> None:
         self.service = service
         self.origin_policy = OriginPolicy(service.settings.cors_origins)
+
+    def compute_etag(self) -> None:
+        """No ETag: these answers change with every event, and they are sent with no-store."""
+        return None
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -97,6 +100,6 @@ class JsonHandler(web.RequestHandler):
 
     def json_body(self) -> Any:
         try:
-            return json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError) as error:
+            return loads(self.request.body)
+        except ValueError as error:   # UnicodeDecodeError is a ValueError too
             raise ApiError(400, f"body is not valid JSON: {error}") from None

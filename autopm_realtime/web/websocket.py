@@ -7,7 +7,6 @@ reach the client in the order they were produced.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
 from ..events import (PROJECT_ID_PATTERN, Event, EventFilter, EventTypeRegistry, EventValidationError,
-                      utc_now_iso, websocket_text_frame)
+                      loads, utc_now_iso, websocket_text_frame)
 from ..hub import Connection
 from ..service import RealtimeService
 from .security import OriginPolicy
@@ -60,7 +59,7 @@ def parse_client_message(raw: str | bytes, registry: EventTypeRegistry) -> Clien
     if isinstance(raw, bytes):
         raise ProtocolError("invalid_message", "binary frames are not supported; send JSON text")
     try:
-        message = json.loads(raw)
+        message = loads(raw)
     except ValueError as error:
         raise ProtocolError("invalid_json", f"message is not valid JSON: {error}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -70,6 +69,8 @@ def parse_client_message(raw: str | bytes, registry: EventTypeRegistry) -> Clien
         return Subscribe(EventFilter(_event_types(message, registry), _project_id(message)),
                          _last_event_id(message))
     if kind == "unsubscribe":
+        if message.get("event_types") == []:
+            return Unsubscribe(frozenset())   # nothing to remove (only a missing list means "all")
         return Unsubscribe(_event_types(message, registry))
     if kind == "ping":
         return Ping(message.get("id"))
