@@ -1,4 +1,4 @@
-"""Run the standalone server: build the service, listen, log the URL, stop cleanly on a signal."""
+"""Run the standalone server: the service and its HTTP server, started and stopped in the right order."""
 
 from __future__ import annotations
 
@@ -16,16 +16,42 @@ from .web.app import make_app
 log = logging.getLogger("autopm_realtime")
 
 
+def make_http_server(service: RealtimeService) -> HTTPServer:
+    """The HTTP server for a service, as `serve` runs it (the tests use this too).
+
+    Tornado's own body limit is twice the publish limit: bodies up to it reach the publish handler,
+    which answers 413 with a reason; only a chunked body past twice the limit is cut off by tornado."""
+    return HTTPServer(make_app(service), max_body_size=2 * service.settings.max_publish_bytes)
+
+
+class StandaloneServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.service = RealtimeService(settings)
+        self.http = make_http_server(self.service)
+        self.port = settings.port
+
+    async def start(self) -> int:
+        """Start the service, then listen; returns the port (useful with port 0)."""
+        await self.service.start()
+        sockets = bind_sockets(self.settings.port, self.settings.host)
+        self.http.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening, close every connection with 1001 through the hub, then drop the rest."""
+        self.http.stop()
+        await self.service.stop()
+        await self.http.close_all_connections()
+
+
 async def serve(settings: Settings, *, install_signal_handlers: bool = False,
                 stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM when `install_signal_handlers`)."""
     stop = stop or asyncio.Event()
-    service = RealtimeService(settings)
-    await service.start()
-    sockets = bind_sockets(settings.port, settings.host)
-    server = HTTPServer(make_app(service), max_body_size=settings.max_publish_bytes, xheaders=False)
-    server.add_sockets(sockets)
-    port = sockets[0].getsockname()[1]
+    server = StandaloneServer(settings)
+    port = await server.start()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     projects = ", ".join(f"{p.id}={p.path}" for p in settings.projects)
     log.info("autopm-realtime serving http://%s:%d/ (projects: %s)", host, port, projects)
@@ -37,6 +63,4 @@ async def serve(settings: Settings, *, install_signal_handlers: bool = False,
         await stop.wait()
     finally:
         log.info("shutting down")
-        server.stop()
-        await service.stop()
-        await server.close_all_connections()
+        await server.stop()

@@ -10,7 +10,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from autopm_realtime.config import ProjectSpec, Settings
 from autopm_realtime.service import RealtimeService
-from autopm_realtime.web.app import make_app
+from autopm_realtime.server import make_http_server
 from support import SseClient, WsClient
 
 
@@ -35,13 +35,18 @@ def service(io_loop, settings) -> RealtimeService:
 
 
 @pytest.fixture
-def app(service):
-    return make_app(service)
+def http_server(io_loop, http_server_port, service):
+    """The in-process server, built as `serve` builds it (overrides pytest-tornasync's, which would
+    need an `app` fixture and a plain HTTPServer)."""
+    server = make_http_server(service)
+    server.add_socket(http_server_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections)
 
 
 @pytest.fixture
-def port(app, http_server, http_server_port) -> int:
-    """The in-process server's port (naming `app` keeps `settings_overrides` in the fixture closure)."""
+def port(http_server, http_server_port) -> int:
     return http_server_port[1]
 
 

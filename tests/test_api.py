@@ -156,6 +156,26 @@ async def test_body_over_the_limit_is_413_before_it_is_read(port, http):
     assert "limit is 2048" in json.loads(response.body)["error"]["reason"]
 
 
+@with_settings(max_publish_bytes=2048)
+async def test_chunked_body_over_the_limit_is_413(port):
+    """A body with no Content-Length is counted as it arrives."""
+    from tornado.tcpclient import TCPClient
+
+    stream = await TCPClient().connect("127.0.0.1", port)
+    body = json.dumps([file_change(f"{i}.py") for i in range(30)]).encode()
+    assert 2048 < len(body) < 4096
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 500]), body[i:i + 500])
+                      for i in range(0, len(body), 500))
+    await stream.write(b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+    head = (await stream.read_until(b"\r\n\r\n")).decode()
+    assert head.startswith("HTTP/1.1 413")
+    length = int(head.lower().split("content-length: ")[1].split("\r\n")[0])
+    error = json.loads(await stream.read_bytes(length))["error"]
+    assert "over the limit of 2048" in error["reason"]
+    stream.close()
+
+
 @with_settings(max_publish_events=3)
 async def test_too_many_events_in_one_publish_is_413(port, http):
     response = await publish(http, port, [file_change()] * 4)

@@ -18,7 +18,8 @@ from tornado.web import Application, HTTPError
 from autopm_realtime.client import ClientGaveUp, RealtimeClient, endpoint_urls, subscribe
 from autopm_realtime.config import ProjectSpec, Settings
 from autopm_realtime.service import RealtimeService
-from autopm_realtime.web.app import make_app, routes
+from autopm_realtime.server import StandaloneServer
+from autopm_realtime.web.app import routes
 from autopm_realtime.web.sse import EventStreamHandler
 from autopm_realtime.web.websocket import EventWebSocketHandler
 from support import file_change, progress
@@ -125,27 +126,25 @@ async def test_starts_from_a_given_last_event_id(port, http, service, transport)
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Application, port: int,
-                  service: RealtimeService | None = None) -> AsyncIterator[None]:
-    """Serve `app` on `port`; on exit stop as `python -m autopm_realtime` does: stop listening, stop
-    the `service` (its hub closes every connection with 1001), then drop what is left."""
+async def serving(app: Application, port: int) -> AsyncIterator[None]:
+    """Serve a custom `app` (other routes than the standard ones) on `port`."""
     server = HTTPServer(app)
     server.add_sockets(bind_sockets(port, "127.0.0.1"))
     try:
         yield
     finally:
         server.stop()
-        if service is not None:
-            await service.stop()
         await server.close_all_connections()
 
 
 @contextlib.asynccontextmanager
 async def running_service(settings: Settings) -> AsyncIterator[RealtimeService]:
-    service = RealtimeService(settings)
-    await service.start()
-    async with serving(make_app(service), settings.port, service):
-        yield service
+    server = StandaloneServer(settings)
+    await server.start()
+    try:
+        yield server.service
+    finally:
+        await server.stop()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
