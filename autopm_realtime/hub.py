@@ -9,6 +9,7 @@ write per connection per IOLoop turn.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ class Transport(Protocol):
         """A control message (`payload` is its JSON) framed for this protocol."""
 
     def send(self, data: bytes) -> asyncio.Future[Any] | None:
-        """Write already framed bytes; the future resolves once they left for the socket. None: closed."""
+        """Write already framed bytes to the connection's IOStream. The future is done as soon as the
+        kernel has taken them (at once, for a client that keeps up); None when the stream is closed."""
 
     def close_connection(self, code: int, reason: str) -> None:
         """End the connection: a WebSocket closes with `code`; an SSE stream just ends."""
@@ -57,8 +59,8 @@ class QueueLimits:
 class Connection:
     """One subscriber's filter and outgoing queue. Small on purpose: there may be thousands."""
 
-    __slots__ = ("id", "transport", "filter", "_hub", "_queue", "_queued_bytes", "_inflight_bytes",
-                 "_inflight_messages", "_held", "_last_position", "closed")
+    __slots__ = ("id", "transport", "filter", "_hub", "_queue", "_queued_bytes", "_inflight",
+                 "_inflight_bytes", "_inflight_messages", "_held", "_last_position", "closed")
 
     def __init__(self, hub: Hub, connection_id: str, transport: Transport, event_filter: EventFilter):
         self.id = connection_id
@@ -67,7 +69,8 @@ class Connection:
         self._hub = hub
         self._queue: list[bytes] = []
         self._queued_bytes = 0
-        self._inflight_bytes = 0
+        self._inflight: collections.deque[tuple[asyncio.Future[Any], int, int]] = collections.deque()
+        self._inflight_bytes = 0   # written to the stream, not yet taken by the kernel
         self._inflight_messages = 0
         self._held: list[Event] | None = None   # live events kept back while a resume replays history
         self._last_position: Any = None          # of the last event sent, to drop replay duplicates
@@ -75,10 +78,13 @@ class Connection:
 
     @property
     def pending_messages(self) -> int:
+        """Messages queued here or still in the stream's buffer: what the client has not yet taken."""
+        self._settle()
         return len(self._queue) + self._inflight_messages
 
     @property
     def pending_bytes(self) -> int:
+        self._settle()
         return self._queued_bytes + self._inflight_bytes
 
     def send_control(self, kind: str, **fields: Any) -> None:
@@ -98,14 +104,19 @@ class Connection:
         """Queue framed bytes; a connection over its limits is closed as a slow consumer."""
         if self.closed:
             return
-        limits = self._hub.limits
-        if (self.pending_messages + 1 > limits.max_messages
-                or self.pending_bytes + len(frame) > limits.max_bytes):
-            self._overflow()
-            return
+        if self._would_overflow(len(frame)):
+            self.flush()   # a burst within one loop turn: let the socket take what it can first
+            if self._would_overflow(len(frame)):
+                self._overflow()
+                return
         self._queue.append(frame)
         self._queued_bytes += len(frame)
         self._hub.schedule_flush(self)
+
+    def _would_overflow(self, size: int) -> bool:
+        limits = self._hub.limits
+        return (self.pending_messages + 1 > limits.max_messages
+                or self.pending_bytes + size > limits.max_bytes)
 
     def _overflow(self) -> None:
         log.warning("connection %s (%s) is a slow consumer: %d messages, %d bytes pending; closing",
@@ -137,15 +148,18 @@ class Connection:
         self._inflight_messages += count
         self._hub.stats.messages_sent += count
         self._hub.stats.bytes_sent += len(data)
-        size = len(data)
-        future.add_done_callback(lambda done: self._written(done, size, count))
+        self._inflight.append((future, len(data), count))
         return future
 
-    def _written(self, future: asyncio.Future[Any], size: int, count: int) -> None:
-        self._inflight_bytes -= size
-        self._inflight_messages -= count
-        if not future.cancelled():
-            future.exception()   # a closed stream is reported by the transport's close, not here
+    def _settle(self) -> None:
+        """Forget writes the kernel has taken. Stream writes complete in order, so only the oldest
+        can be done."""
+        while self._inflight and self._inflight[0][0].done():
+            future, size, count = self._inflight.popleft()
+            self._inflight_bytes -= size
+            self._inflight_messages -= count
+            if not future.cancelled():
+                future.exception()   # a closed stream is reported by the transport's close, not here
 
     async def replay(self, events: list[Event]) -> None:
         """Write history events in slices of at most half the queue's bounds, waiting for each slice to

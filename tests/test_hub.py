@@ -149,3 +149,18 @@ async def test_sockets_send_without_nagle_delay(port, service):
     sockets = [by_transport["websocket"].ws_connection.stream.socket,
                by_transport["sse"].request.connection.stream.socket]
     assert [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets] == [1, 1]
+
+
+async def test_bursts_beyond_the_queue_bound_do_not_close_a_reader_that_keeps_up(port, http, service):
+    """Three 1,000-event publishes at once queue 3,000 messages before any is flushed; the bound is
+    1,000. The hub lets the socket take what it can before it calls anyone slow."""
+    ws, _ = await WsClient.connected(port)
+    await ws.subscribe(event_types=["file_change"])
+    sse, _ = await SseClient.connected(port, "?event_types=file_change")
+    reading = asyncio.gather(ws.events(3000, timeout=10), sse.events(3000, timeout=10))
+    batches = [[file_change(f"{b}-{i}.py") for i in range(1000)] for b in range(3)]
+    replies = await asyncio.gather(*(publish(http, port, batch) for batch in batches))
+    assert [r.code for r in replies] == [202, 202, 202]
+    by_ws, by_sse = await reading
+    assert len(by_ws) == len(by_sse) == 3000
+    assert service.hub.stats.slow_consumer_closes == 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from tornado.iostream import StreamClosedError
+
 from ..events import Event, sse_frame, utc_now_iso
 from ..hub import Connection
 from .base import ApiError, JsonHandler
@@ -27,8 +29,13 @@ class EventStreamHandler(JsonHandler):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        self.request.connection.stream.set_nodelay(True)   # writes are coalesced already; see websocket.py
+        stream = self.request.connection.stream
+        stream.set_nodelay(True)   # writes are coalesced already; see websocket.py
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Headers go out now, through tornado; from then on the hub writes body bytes straight to the
+        # stream (see `send`). Tornado chunks an HTTP/1.1 response without a length; 1.0 gets raw bytes.
+        self._chunked = self.request.version == "HTTP/1.1"
+        await self.flush()
         hub = self.service.hub
         connection = self.connection = hub.connect(self, event_filter)
         connection.enqueue(f"retry: {self.service.settings.sse_retry_ms}\n\n".encode())
@@ -76,10 +83,17 @@ class EventStreamHandler(JsonHandler):
         return sse_frame(payload, name=kind)
 
     def send(self, data: bytes) -> Any:
-        if self._finished or self.request.connection.stream.closed():
+        """Straight to the IOStream, so the future settles as soon as the kernel takes the bytes (the
+        hub's queue bound relies on that); tornado's `finish` still writes the last chunk after these."""
+        stream = self.request.connection.stream
+        if self._finished or stream.closed():
             return None
-        self.write(data)
-        return self.flush()
+        if self._chunked:
+            data = b"%x\r\n" % len(data) + data + b"\r\n"
+        try:
+            return stream.write(data)
+        except StreamClosedError:
+            return None
 
     def close_connection(self, code: int, reason: str) -> None:
         """The stream ends; the browser's EventSource reconnects with `Last-Event-ID` by itself."""
