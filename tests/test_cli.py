@@ -265,6 +265,7 @@ def test_help_lists_every_flag_with_its_default(subcommand):
 
 def test_no_arguments_serves_the_current_directory_on_port_8000(tmp_path):
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server binds: TIME_WAIT is fine
         try:
             probe.bind(("127.0.0.1", 8000))
         except OSError:
