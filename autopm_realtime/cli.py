@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the server (the default command)")
     add_serve_arguments(serve)
+    # `autopm-realtime --port 9000` means `serve --port 9000`, so the top-level help shows serve's flags.
+    serve_help = serve.format_help()
+    parser.epilog = "serve flags (the command may be left out):\n" + serve_help[serve_help.index("  --"):]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
     tail = commands.add_parser("tail", help="print events as they arrive, reconnecting on its own")
     tail.add_argument("--url", default="http://127.0.0.1:8000", help="server URL [default: %(default)s]")

@@ -144,8 +144,8 @@ def _boolean(text: str) -> bool:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("projects", "a directory to serve, as PATH or PATH=ID (repeatable; default: the current "
-           "directory, its id the folder's name)", repeatable=True, singular="project"),
+    Option("projects", "a directory to serve, as PATH or PATH=ID (repeatable; the id defaults to the "
+           "folder's name)", repeatable=True, singular="project"),
     Option("host", "address to bind; anything but loopback needs --publish-token or --insecure"),
     Option("port", "TCP port (0 picks a free one)", int),
     Option("heartbeat", "seconds between heartbeats on every connection", float),

@@ -263,6 +263,14 @@ def test_help_lists_every_flag_with_its_default(subcommand):
         assert "[default: 8000; env AUTOPM_PORT]" in flags["--port"]
 
 
+def test_top_level_help_shows_the_serve_flags_too():
+    """With no command the server runs, so `autopm-realtime --help` documents the server's flags."""
+    result = run("--help")
+    assert result.returncode == 0
+    for option in OPTIONS:
+        assert option.flag in result.stdout and option.env in result.stdout
+
+
 def test_no_arguments_serves_the_current_directory_on_port_8000(tmp_path):
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server binds: TIME_WAIT is fine
