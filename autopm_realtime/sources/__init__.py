@@ -12,11 +12,13 @@ import abc
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..brokers import Broker
 from ..events import Event, EventTypeRegistry, EventValidationError, validate_publish
-from ..project import Project
+
+if TYPE_CHECKING:   # project.py starts the sources, so it imports this package, not the reverse
+    from ..project import Project
 
 log = logging.getLogger(__name__)
 
