@@ -44,15 +44,56 @@ def utc_now_iso() -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
+MAX_JSON_DEPTH = 64   # far beyond any real event; keeps encoding away from the recursion limit
+
+
 def loads(text: str | bytes) -> Any:
-    """Parse client JSON strictly: NaN/Infinity and pathological nesting are refused with ValueError,
-    so nothing we accept can fail to encode later."""
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} is not valid JSON")
+    """Parse client JSON strictly, so that whatever we accept can always be encoded again: NaN,
+    Infinity, numbers too large for a float, lone surrogates and nesting deeper than MAX_JSON_DEPTH
+    are refused with ValueError."""
     try:
-        return json.loads(text, parse_constant=refuse)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    _check_encodable(value)
+    return value
+
+
+def _refuse_constant(constant: str) -> Any:
+    raise ValueError(f"{constant} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large for a number")
+    return number
+
+
+def _check_encodable(value: Any) -> None:
+    """Walk the parsed value without recursion: depth, and strings that UTF-8 can carry."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            _check_string(item)
+        elif isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    _check_string(key)
+                    pending.append((child, depth + 1))
+            else:
+                pending.extend((child, depth + 1) for child in item)
+
+
+def _check_string(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff), which is not valid "
+                         "Unicode") from None
 
 
 def dumps(obj: Any) -> bytes:
@@ -294,8 +335,11 @@ def validate_publish(raw: Any, registry: EventTypeRegistry,
     data.setdefault("timestamp", timestamp)
     event_type.check(data)
     draft = EventDraft(event_type.name, project_id, timestamp, data)
-    size = len(dumps({"type": draft.type, "id": _LONGEST_ID, "project_id": project_id,
-                      "timestamp": timestamp, "data": data}))
+    try:   # sources pass Python data, which may hold what JSON cannot (a file name's lone surrogates)
+        size = len(dumps({"type": draft.type, "id": _LONGEST_ID, "project_id": project_id,
+                          "timestamp": timestamp, "data": data}))
+    except (ValueError, TypeError, RecursionError) as error:   # UnicodeEncodeError is a ValueError
+        raise EventValidationError(f"{draft.type}: data cannot be encoded as JSON: {error}") from None
     if size > max_bytes:
         raise EventTooLargeError(f"event is {size} bytes encoded; the limit is {max_bytes}")
     return draft

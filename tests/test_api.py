@@ -107,6 +107,12 @@ async def test_invalid_publish_is_400_with_the_reason(port, http, body, fragment
     (b'{"type": "risk_alert", "project_id": "p", "data": {"severity": "low", "message": "m", "x": NaN}}',
      "NaN is not valid JSON"),
     pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested too deeply", id="nested-too-deeply"),
+    pytest.param(b'{"type": "risk_alert", "project_id": "p", "data": {"severity": "low", "message": "m",'
+                 b' "x": ' + b"[" * 70 + b"]" * 70 + b"}}", "more than 64 levels", id="nested-near-the-limit"),
+    (b'{"type": "risk_alert", "project_id": "p", "data": {"severity": "low", "message": "m", "x": 1e400}}',
+     "too large for a number"),
+    (b'{"type": "risk_alert", "project_id": "p", "data": {"severity": "low", "message": "\\ud800"}}',
+     "lone surrogate"),
     (b"\xff\xfe{}", "not valid JSON"),
 ])
 async def test_malformed_json_is_400(port, http, body, fragment):

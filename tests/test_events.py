@@ -60,6 +60,13 @@ def test_invalid_data_is_refused(kind, data):
         draft(kind, data)
 
 
+@pytest.mark.parametrize("value", ["bad\udcff.py", float("inf"), object()])
+def test_data_that_cannot_be_encoded_is_refused(value):
+    """Sources pass Python data: a file name with invalid UTF-8 decodes to a lone surrogate."""
+    with pytest.raises(EventValidationError, match="cannot be encoded"):
+        draft("file_change", {"file_path": "x.py", "change_type": "created", "extra": value})
+
+
 def test_size_limit_counts_the_whole_envelope():
     data = {"file_path": "a.py", "change_type": "created", "blob": "x" * 900}
     validate_publish({"type": "file_change", "project_id": "p", "data": data}, REGISTRY, max_bytes=1200)

@@ -122,6 +122,8 @@ async def test_ping_pong_echoes_id(port):
     ('{"type": "unsubscribe", "event_types": ["nope"]}', "invalid_event_type"),
     ('{"type": "ping", "x": NaN}', "invalid_json"),
     pytest.param("[" * 5_000 + "]" * 5_000, "invalid_json", id="nested-too-deeply"),
+    ('{"type": "ping", "id": 1e400}', "invalid_json"),
+    ('{"type": "ping", "id": "\\udc00"}', "invalid_json"),
     (b"\x00binary", "invalid_message"),
 ])
 async def test_bad_input_gets_an_error_and_the_connection_lives_on(port, message, code):
