@@ -117,6 +117,7 @@ class Option:
     repeatable: bool = False        # flag may be given many times; env var is comma-separated
     switch: bool = False            # a flag without a value
     singular: str | None = None     # the flag's name when it differs from the field's (--project)
+    separator: str = ","            # between a repeatable option's values in its environment variable
 
     @property
     def flag(self) -> str:
@@ -166,8 +167,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_max_bytes", "bytes queued per connection before it is closed as a slow consumer", int),
     Option("sse_retry_ms", "the SSE 'retry:' reconnection delay sent to browsers, in milliseconds", int),
     Option("event_types", "register an extra event type, as NAME or NAME:field1,field2 naming its "
-           "required data fields (repeatable)", repeatable=True,
-           singular="event_type"),
+           "required data fields (repeatable; ';' between types in the environment variable)",
+           repeatable=True, singular="event_type", separator=";"),
 )
 
 
@@ -207,7 +208,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] = os.envi
 def _from_environment(option: Option, text: str) -> Any:
     try:
         if option.repeatable:
-            return [item.strip() for item in text.split(",") if item.strip()]
+            return [item.strip() for item in text.split(option.separator) if item.strip()]
         return option.kind(text) if option.kind is not str else text
     except (ValueError, argparse.ArgumentTypeError) as error:
         raise ConfigError(f"{option.env}={text!r}: {error}") from None

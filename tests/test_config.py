@@ -31,10 +31,11 @@ def test_project_with_explicit_id(tmp_path):
 
 def test_flags_beat_environment_which_beats_defaults(tmp_path):
     environ = {"AUTOPM_PORT": "9001", "AUTOPM_HEARTBEAT": "5", "AUTOPM_CORS_ORIGINS": "https://a, https://b",
-               "AUTOPM_PROJECTS": str(tmp_path)}
+               "AUTOPM_PROJECTS": str(tmp_path), "AUTOPM_EVENT_TYPES": "deploy:environment,version;audit"}
     settings = parse(["--port", "9002"], environ)
     assert settings.port == 9002 and settings.heartbeat == 5.0
     assert settings.cors_origins == ("https://a", "https://b")
+    assert settings.event_types == ("deploy:environment,version", "audit")
 
 
 @pytest.mark.parametrize("argv, environ, fragment", [
