@@ -18,8 +18,8 @@ setup(
     package_data={"autopm_realtime.web": ["static/*"]},
     install_requires=[
         "tornado>=6.4,<7",
-        "watchdog>=6,<8",
-        "dulwich>=0.22,<2",
+        "watchdog>=7.1,<8",   # watcher.py hooks watchdog 7's inotify classes to notice queue overflows
+        "dulwich>=1.2,<2",
     ],
     extras_require={
         "redis": ["redis>=5.0"],

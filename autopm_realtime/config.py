@@ -67,13 +67,38 @@ class Settings:
     queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES
     sse_retry_ms: int = 3_000
     event_types: tuple[str, ...] = ()
+    no_watch: bool = False
+    ignore: tuple[str, ...] = ()
+    coalesce_ms: int = 100
+    auto_commit: str | None = None   # None: shadow in a git repository, off elsewhere
+    commit_quiet: float = 2.0
+    commit_max_wait: float = 30.0
+    commit_interval: float = 900.0
+    commit_message: str = "autopm: snapshot of {changes_count} change(s)"
+    commit_author: str = "autopm-realtime <autopm-realtime@localhost>"
+    watch_max_pending: int = 50_000
+    watch_max_queued: int = 50_000
+    watch_max_restarts: int = 5
+    commit_max_pending: int = 10_000
+    commit_lock_retries: int = 5
+    commit_ref_retries: int = 5
+    tasks: tuple[str, ...] = ()
+    risk_interval: float = 60.0
+    stall_after: float = 3 * 24 * 3600.0
+    velocity_window: float = 7 * 24 * 3600.0
+    velocity_min_tasks: int = 2
+    commit_failures: int = 3
+    max_task_files: int = 100
+    max_tasks_per_file: int = 10_000
+    max_task_file_bytes: int = 1024 * 1024
 
     def validate(self) -> Settings:
         """Refuse unsafe or impossible combinations before anything binds."""
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port}: must be 0-65535")
         positive = ("heartbeat", "history", "max_event_bytes", "max_message_bytes", "max_publish_bytes",
-                    "max_publish_events", "queue_max_messages", "queue_max_bytes", "sse_retry_ms")
+                    "max_publish_events", "queue_max_messages", "queue_max_bytes", "sse_retry_ms",
+                    "coalesce_ms", "commit_quiet", "commit_max_wait", "commit_interval")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
@@ -90,6 +115,12 @@ class Settings:
             EventTypeRegistry(parse_extra_event_type(spec) for spec in self.event_types)
         except ValueError as error:
             raise ConfigError(f"--event-type: {error}") from None
+        from .project import source_options   # the sources' own checks, so a bad value stops start-up
+
+        try:
+            source_options(self)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         ids = [p.id for p in self.projects]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -118,6 +149,7 @@ class Option:
     switch: bool = False            # a flag without a value
     singular: str | None = None     # the flag's name when it differs from the field's (--project)
     separator: str = ","            # between a repeatable option's values in its environment variable
+    default_text: str | None = None  # how --help shows a default that is computed, not a value
 
     @property
     def flag(self) -> str:
@@ -135,6 +167,16 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _auto_commit_mode(text: str) -> str:
+    mode = text.lower()
+    if mode not in AUTO_COMMIT_MODES:
+        raise argparse.ArgumentTypeError("must be " + ", ".join(AUTO_COMMIT_MODES))
+    return mode
+
+
+AUTO_COMMIT_MODES = ("shadow", "branch", "off")
+
+
 def _boolean(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -146,7 +188,7 @@ def _boolean(text: str) -> bool:
 
 OPTIONS: tuple[Option, ...] = (
     Option("projects", "a directory to serve, as PATH or PATH=ID (repeatable; the id defaults to the "
-           "folder's name)", repeatable=True, singular="project"),
+           "folder's name)", repeatable=True, singular="project", default_text="current directory"),
     Option("host", "address to bind; anything but loopback needs --publish-token or --insecure"),
     Option("port", "TCP port (0 picks a free one)", int),
     Option("heartbeat", "seconds between heartbeats on every connection", float),
@@ -169,14 +211,48 @@ OPTIONS: tuple[Option, ...] = (
     Option("event_types", "register an extra event type, as NAME or NAME:field1,field2 naming its "
            "required data fields (repeatable; ';' between types in the environment variable)",
            repeatable=True, singular="event_type", separator=";"),
+    Option("no_watch", "do not watch the projects' files (no file_change events, no auto-commit or "
+           "progress updates triggered by edits)", _boolean, switch=True),
+    Option("ignore", "a gitignore-style pattern of paths not to watch or snapshot, on top of "
+           ".gitignore, .git/info/exclude and editor temporaries (repeatable)", repeatable=True),
+    Option("coalesce_ms", "changes to one path within this many milliseconds make one event", int),
+    Option("auto_commit", "snapshot mode: shadow (commits on refs/autopm/autosave/<branch>, never "
+           "touching your branch or index), branch (commits on your branch when it is safe) or off",
+           _auto_commit_mode, default_text="shadow in a git repository, else off"),
+    Option("commit_quiet", "seconds without changes before a snapshot", float),
+    Option("commit_max_wait", "at most this many seconds after the first change while changes keep "
+           "coming", float),
+    Option("commit_interval", "seconds between scheduled snapshots while changes are pending", float),
+    Option("commit_message", "snapshot commit message; {changes_count}, {trigger}, {branch} and "
+           "{timestamp} are filled in"),
+    Option("commit_author", "author and committer of snapshots, as 'Name <email>'"),
+    Option("watch_max_pending", "paths waiting in their coalescing window before all are published", int),
+    Option("watch_max_queued", "file events between the watcher thread and the server before the tree "
+           "is rescanned instead", int),
+    Option("watch_max_restarts", "watcher crashes in a row before it gives up (the server stays up)", int),
+    Option("commit_max_pending", "changed paths remembered between snapshots (more are counted only)",
+           int),
+    Option("commit_lock_retries", "branch mode: retries while another process holds .git/index.lock",
+           int),
+    Option("commit_ref_retries", "retries when the snapshot ref moves under a commit", int),
+    Option("tasks", "a glob of task files, relative to the project (repeatable; replaces the default)",
+           repeatable=True, default_text="TODO.md, TASKS.md and .autopm/tasks.json"),
+    Option("risk_interval", "seconds between evaluations of the time-based risk rules", float),
+    Option("stall_after", "seconds of unchanged progress, with tasks open, before a 'stalled' risk",
+           float),
+    Option("velocity_window", "seconds in each of the two windows the 'velocity' risk compares", float),
+    Option("velocity_min_tasks", "completions in the earlier window needed to judge velocity", int),
+    Option("commit_failures", "auto-commit errors in a row before a 'commit_failures' risk", int),
+    Option("max_task_files", "task files read per project", int),
+    Option("max_tasks_per_file", "tasks read from one task file", int),
+    Option("max_task_file_bytes", "largest task file read", int),
 )
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     for option in OPTIONS:
-        default = getattr(defaults, option.name)
-        shown = "current directory" if option.name == "projects" else default
+        shown = option.default_text or getattr(defaults, option.name)
         help_text = f"{option.help} [default: {shown}; env {option.env}]"
         if option.switch:
             parser.add_argument(option.flag, dest=option.name, action="store_const", const=True,
@@ -199,9 +275,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] = os.envi
         if value is not None:
             values[option.name] = value
     values["projects"] = tuple(ProjectSpec.parse(p) for p in values.get("projects") or [str(Path.cwd())])
-    for name in ("cors_origins", "event_types"):
-        if name in values:
-            values[name] = tuple(values[name])
+    for option in OPTIONS:
+        if option.repeatable and option.name in values:
+            values[option.name] = tuple(values[option.name])
     return Settings(**values).validate()
 
 

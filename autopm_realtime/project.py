@@ -1,8 +1,8 @@
-"""The projects a server serves, and the latest progress known for each.
+"""The projects a server serves: each one's sources, and the latest progress known for each.
 
-Sources (the watcher, auto-commit, progress) attach to a `Project` in a later issue; here a project is its
-id and its directory, and the catalog remembers the latest `progress_update` per project id from the
-broker's feed, so `GET /api/v1/projects` answers without reading history.
+A `Project` is an id and a directory. `ProjectSources` runs its watcher, auto-commit and progress tracker
+together. The `ProjectCatalog` remembers the latest `progress_update` per project id from the broker's
+feed, so `GET /api/v1/projects` answers without reading history.
 """
 
 from __future__ import annotations
@@ -10,9 +10,17 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .events import Event
+from .sources import Source, SourceContext
+from .sources.autocommit import AutoCommitOptions, AutoCommitter
+from .sources.progress import ProgressOptions, ProgressTracker
+from .sources.tasks import DEFAULT_TASK_GLOBS
+from .sources.watcher import FileWatcher, WatcherOptions
+
+if TYPE_CHECKING:   # config.py checks settings with source_options(), so it imports this module
+    from .config import Settings
 
 DEFAULT_MAX_PUBLISHED_PROJECTS = 1_000
 
@@ -58,3 +66,56 @@ class ProjectCatalog:
         for entry in listed:
             entry["progress"] = self._progress.get(entry["id"])
         return listed
+
+
+# --- a project's sources -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Each source's options, built from `Settings`; `watcher` is None with `--no-watch`."""
+
+    watcher: WatcherOptions | None
+    autocommit: AutoCommitOptions
+    progress: ProgressOptions
+
+
+def source_options(settings: Settings) -> SourceOptions:
+    """Raises ValueError with the source's own explanation when a value cannot work."""
+    watcher = None if settings.no_watch else WatcherOptions(
+        ignore=settings.ignore, coalesce_seconds=settings.coalesce_ms / 1000,
+        max_pending_paths=settings.watch_max_pending, max_queued_events=settings.watch_max_queued,
+        max_restarts=settings.watch_max_restarts)
+    autocommit = AutoCommitOptions(
+        mode=settings.auto_commit, quiet_seconds=settings.commit_quiet,
+        max_wait_seconds=settings.commit_max_wait, interval_seconds=settings.commit_interval,
+        message_template=settings.commit_message, author=settings.commit_author,
+        max_pending_paths=settings.commit_max_pending, lock_retries=settings.commit_lock_retries,
+        ref_retries=settings.commit_ref_retries)
+    progress = ProgressOptions(
+        task_globs=settings.tasks or DEFAULT_TASK_GLOBS, evaluate_seconds=settings.risk_interval,
+        stall_seconds=settings.stall_after, velocity_window_seconds=settings.velocity_window,
+        velocity_min_tasks=settings.velocity_min_tasks,
+        commit_failures_threshold=settings.commit_failures, max_task_files=settings.max_task_files,
+        max_tasks_per_file=settings.max_tasks_per_file, max_file_bytes=settings.max_task_file_bytes)
+    return SourceOptions(watcher, autocommit, progress)
+
+
+class ProjectSources:
+    """A project's watcher, auto-commit and progress tracker, started and stopped together.
+
+    They talk only through the broker: the watcher publishes `file_change`; the other two listen for it.
+    """
+
+    def __init__(self, context: SourceContext, options: SourceOptions) -> None:
+        self.sources: list[Source] = [AutoCommitter(context, options.autocommit),
+                                      ProgressTracker(context, options.progress)]
+        if options.watcher is not None:   # listeners first, so they hear the watcher's first events
+            self.sources.append(FileWatcher(context, options.watcher))
+
+    async def start(self) -> None:
+        for source in self.sources:
+            await source.start()
+
+    async def stop(self) -> None:
+        for source in reversed(self.sources):
+            await source.stop()

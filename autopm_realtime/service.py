@@ -1,4 +1,4 @@
-"""Everything one server process runs, built from `Settings`: broker, hub and projects.
+"""Everything one server process runs, built from `Settings`: broker, hub, projects and their sources.
 
 The standalone command and the Jupyter extension both build a `RealtimeService`, mount the same handlers
 on it (`web.app.routes`) and start and stop it with their server.
@@ -14,17 +14,27 @@ from .brokers.memory import MemoryBroker
 from .config import Settings
 from .events import EventTypeRegistry, parse_extra_event_type
 from .hub import Hub, QueueLimits
-from .project import Project, ProjectCatalog
+from .project import Project, ProjectCatalog, ProjectSources, source_options
+from .sources import SourceContext
 
 
 class RealtimeService:
-    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+    """`run_sources=False` serves events without watching, snapshotting or tracking any project (tests of
+    the transports use it; so could a relay that only forwards published events)."""
+
+    def __init__(self, settings: Settings, broker: Broker | None = None, *, run_sources: bool = True) -> None:
         self.settings = settings
         self.registry = EventTypeRegistry(parse_extra_event_type(spec) for spec in settings.event_types)
         self.broker = broker or MemoryBroker(settings.history)
         self.hub = Hub(self.broker, self.registry, heartbeat_seconds=settings.heartbeat,
                        limits=QueueLimits(settings.queue_max_messages, settings.queue_max_bytes))
         self.projects = ProjectCatalog(Project(spec.id, spec.path) for spec in settings.projects)
+        self.sources: list[ProjectSources] = []
+        if run_sources:
+            options = source_options(settings)
+            self.sources = [ProjectSources(SourceContext(project, self.broker, self.registry,
+                                                         settings.max_event_bytes), options)
+                            for project in self.projects.configured.values()]
         self.started_at = time.time()
         self._remove_observer: Callable[[], None] | None = None
 
@@ -32,8 +42,13 @@ class RealtimeService:
         await self.broker.start()
         self._remove_observer = self.broker.add_listener(self.projects.observe)
         self.hub.start()
+        for sources in self.sources:
+            await sources.start()
 
     async def stop(self) -> None:
+        """Sources first, so nothing is published into a hub or broker that is going away."""
+        for sources in self.sources:
+            await sources.stop()
         self.hub.stop()
         if self._remove_observer is not None:
             self._remove_observer()

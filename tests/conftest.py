@@ -28,7 +28,7 @@ def settings(tmp_path, settings_overrides) -> Settings:
 
 @pytest.fixture
 def service(io_loop, settings) -> RealtimeService:
-    service = RealtimeService(settings)
+    service = RealtimeService(settings, run_sources=False)   # transport tests; sources have their own
     io_loop.run_sync(service.start)
     yield service
     io_loop.run_sync(service.stop)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
@@ -206,6 +212,10 @@ def file_change(path: str = "src/main.py", project: str = "my-project", change: 
             "data": {"file_path": path, "change_type": change}}
 
 
+def risk(message: str, severity: str = "high", project: str = "my-project"):
+    return {"type": "risk_alert", "project_id": project, "data": {"severity": severity, "message": message}}
+
+
 def progress(percentage: float, completed: int, total: int, project: str = "my-project"):
     return {"type": "progress_update", "project_id": project,
             "data": {"progress_percentage": percentage, "completed_tasks": completed,
@@ -225,3 +235,85 @@ def require(available: bool, reason: str) -> None:
     if os.environ.get(STRICT_ENV) == "1":
         pytest.fail(f"{reason} ({STRICT_ENV}=1, so this is a failure, not a skip)")
     pytest.skip(reason)
+
+
+# --- the server as a subprocess ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT = 10.0
+SERVING = re.compile(r"autopm-realtime serving (http://127\.0\.0\.1:(\d+)/)")
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "autopm_realtime", *args]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """The test's environment, able to import the package from any working directory."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AUTOPM_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
+class Process:
+    """A long-running command; threads collect its output lines so that its pipes never fill up."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.popen = subprocess.Popen(command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=env or environment(), cwd=cwd)
+        self.stdout: queue.Queue[str | None] = queue.Queue()
+        self.stderr: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []   # stderr lines read so far, for failure messages
+        for pipe, lines in ((self.popen.stdout, self.stdout), (self.popen.stderr, self.stderr)):
+            threading.Thread(target=self._collect, args=(pipe, lines), daemon=True).start()
+
+    @staticmethod
+    def _collect(pipe: Any, lines: queue.Queue[str | None]) -> None:
+        for line in pipe:
+            lines.put(line.rstrip("\n"))
+        pipe.close()
+        lines.put(None)   # the end of the output: the process has exited
+
+    @staticmethod
+    def _next(lines: queue.Queue[str | None], what: str) -> str:
+        try:
+            line = lines.get(timeout=WAIT)
+        except queue.Empty:
+            raise AssertionError(f"no {what} within {WAIT} s") from None
+        if line is None:
+            raise AssertionError(f"the process exited before its {what}")
+        return line
+
+    def stdout_line(self) -> str:
+        return self._next(self.stdout, "output")
+
+    def stderr_match(self, pattern: re.Pattern[str]) -> re.Match[str]:
+        """Read stderr until a line matches; fails if the process exits first."""
+        while True:
+            try:
+                line = self._next(self.stderr, f"log line {pattern.pattern!r}")
+            except AssertionError as error:
+                raise AssertionError(f"{error}; stderr: {self.seen}") from None
+            self.seen.append(line)
+            match = pattern.search(line)
+            if match:
+                return match
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    @classmethod
+    def serve(cls, *args: str, **kwargs: Any) -> tuple[Process, str]:
+        """`python -m autopm_realtime serve --port 0 ARGS`, once it logs its URL: (process, base URL)."""
+        process = cls("serve", "--port", "0", *args, **kwargs)
+        try:
+            return process, process.stderr_match(SERVING).group(1)
+        except BaseException:
+            process.stop()
+            raise

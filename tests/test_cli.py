@@ -3,99 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
 import socket
 import subprocess
-import sys
-import threading
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from autopm_realtime.cli import describe
 from autopm_realtime.config import OPTIONS
-from support import file_change
+from support import SERVING, WAIT, Process, command, environment, file_change
 
 pytestmark = pytest.mark.timeout(30)
-
-ROOT = Path(__file__).resolve().parent.parent
-WAIT = 10.0
-SERVING = re.compile(r"autopm-realtime serving (http://127\.0\.0\.1:(\d+)/)")
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "autopm_realtime", *args]
-
-
-def environment(**extra: str) -> dict[str, str]:
-    """The test's environment, able to import the package from any working directory."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AUTOPM_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return {**env, **extra}
-
 
 def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command(*args), capture_output=True, text=True, timeout=WAIT,
                           env=environment(), **kwargs)
-
-
-class Process:
-    """A long-running command; threads collect its output lines so that its pipes never fill up."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
-        self.popen = subprocess.Popen(command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env=env or environment(), cwd=cwd)
-        self.stdout: queue.Queue[str | None] = queue.Queue()
-        self.stderr: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []   # stderr lines read so far, for failure messages
-        for pipe, lines in ((self.popen.stdout, self.stdout), (self.popen.stderr, self.stderr)):
-            threading.Thread(target=self._collect, args=(pipe, lines), daemon=True).start()
-
-    @staticmethod
-    def _collect(pipe: Any, lines: queue.Queue[str | None]) -> None:
-        for line in pipe:
-            lines.put(line.rstrip("\n"))
-        pipe.close()
-        lines.put(None)   # the end of the output: the process has exited
-
-    @staticmethod
-    def _next(lines: queue.Queue[str | None], what: str) -> str:
-        try:
-            line = lines.get(timeout=WAIT)
-        except queue.Empty:
-            raise AssertionError(f"no {what} within {WAIT} s") from None
-        if line is None:
-            raise AssertionError(f"the process exited before its {what}")
-        return line
-
-    def stdout_line(self) -> str:
-        return self._next(self.stdout, "output")
-
-    def stderr_match(self, pattern: re.Pattern[str]) -> re.Match[str]:
-        """Read stderr until a line matches; fails if the process exits first."""
-        while True:
-            try:
-                line = self._next(self.stderr, f"log line {pattern.pattern!r}")
-            except AssertionError as error:
-                raise AssertionError(f"{error}; stderr: {self.seen}") from None
-            self.seen.append(line)
-            match = pattern.search(line)
-            if match:
-                return match
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
 
 
 @pytest.fixture
