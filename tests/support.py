@@ -222,6 +222,15 @@ def progress(percentage: float, completed: int, total: int, project: str = "my-p
                      "total_tasks": total}}
 
 
+async def eventually(condition, timeout: float = RECEIVE_TIMEOUT) -> None:
+    """Poll state the test cannot await (a server's connection bookkeeping, a counter) until it holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
 STRICT_ENV = "AUTOPM_TEST_STRICT"
 
 

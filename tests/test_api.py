@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from support import SseClient, WsClient, file_change, progress, publish, with_settings
+from support import SseClient, WsClient, eventually, file_change, progress, publish, with_settings
 
 TYPES = ["file_change", "auto_commit", "progress_update", "risk_alert"]
 
@@ -248,7 +248,7 @@ async def test_stats_count_connections_and_subscriptions(port, http, service):
     sse.close()
     await ws1.connection.read_message()   # returns once the close handshake is done
     await sse.end_of_stream()
-    await wait_until(lambda: len(service.hub.connections()) == 1)
+    await eventually(lambda: len(service.hub.connections()) == 1)
     _, ws_stats = await get_json(http, port, "/api/v1/dashboard/ws/stats")
     assert ws_stats["websocket_connections"] == 1 and ws_stats["total_connections"] == 1
     assert ws_stats["subscription_counts"]["auto_commit"] == 0
@@ -262,12 +262,12 @@ async def test_a_vanished_client_leaves_the_stats_within_one_heartbeat(port, ser
     raw.sendall(b"GET /api/v1/dashboard/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                 b"Sec-WebSocket-Version: 13\r\n\r\n")
-    await wait_until(lambda: len(service.hub.connections()) == 1)
+    await eventually(lambda: len(service.hub.connections()) == 1)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     raw.close()   # linger 0: a reset, no close frame
     loop_time = __import__("asyncio").get_running_loop().time
     gone_by = loop_time() + 0.2 * 1.5
-    await wait_until(lambda: not service.hub.connections())
+    await eventually(lambda: not service.hub.connections())
     assert loop_time() <= gone_by
 
 
@@ -332,14 +332,3 @@ async def test_configured_origin_gets_cors_headers(port, http):
     assert refused.headers["Access-Control-Allow-Origin"] == "https://dash.example.com"
     sse = await http.fetch(url(port, "/api/v1/sse/stats"), headers={"Origin": "https://other.example"})
     assert "Access-Control-Allow-Origin" not in sse.headers
-
-
-async def wait_until(condition, timeout: float = 5.0) -> None:
-    """Poll server-side state that has no event to await (connection bookkeeping)."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)

@@ -22,7 +22,7 @@ from autopm_realtime.server import StandaloneServer
 from autopm_realtime.web.app import routes
 from autopm_realtime.web.sse import EventStreamHandler
 from autopm_realtime.web.websocket import EventWebSocketHandler
-from support import file_change, progress
+from support import eventually, file_change, progress
 
 TRANSPORTS = ["websocket", "sse"]
 WAIT = 5.0
@@ -43,14 +43,6 @@ async def next_message(client: RealtimeClient, timeout: float = WAIT) -> dict[st
     return await asyncio.wait_for(client.__anext__(), timeout)
 
 
-async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Wait for a condition the test cannot await directly (the server-side state of a connection)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def subscribed(service: RealtimeService) -> list:
     """Connections with a filter; a WebSocket has an empty one until its `subscribe` is processed."""
     return [c for c in service.hub.connections() if c.filter.types != frozenset()]
@@ -60,7 +52,7 @@ async def receive_after_subscribing(client: RealtimeClient, service: RealtimeSer
                                     publish_all: Callable[[], Any]) -> dict[str, Any]:
     """Start the client, wait until the server has its subscription, publish, return the first message."""
     first = asyncio.ensure_future(next_message(client))
-    await until(lambda: len(subscribed(service)) == 1 or first.done())
+    await eventually(lambda: len(subscribed(service)) == 1 or first.done())
     await publish_all()
     return await first
 
@@ -267,7 +259,7 @@ async def test_a_successful_connection_resets_the_failure_count(io_loop, service
         client = subscribe(base_url(port), transport=transport, max_retries=1,
                            backoff_initial=0.001, backoff_max=0.002)
         consumer = asyncio.ensure_future(consume(client))
-        await until(lambda: len(attempts) >= 8 or consumer.done())
+        await eventually(lambda: len(attempts) >= 8 or consumer.done())
         assert not consumer.done(), consumer   # without the reset: ClientGaveUp at the 4th attempt
         await client.aclose()
         assert await asyncio.wait_for(consumer, WAIT) == []
@@ -313,7 +305,7 @@ def test_endpoint_urls():
 async def test_aclose_ends_an_iteration_waiting_in_another_task(port, service, transport):
     client = subscribe(base_url(port), transport=transport)
     consumer = asyncio.ensure_future(consume(client))
-    await until(lambda: len(subscribed(service)) == 1)
+    await eventually(lambda: len(subscribed(service)) == 1)
     await client.aclose()
     assert await asyncio.wait_for(consumer, WAIT) == []
-    await until(lambda: not service.hub.connections())
+    await eventually(lambda: not service.hub.connections())

@@ -11,7 +11,7 @@ from autopm_realtime.brokers.memory import MemoryBroker
 from autopm_realtime.events import EventFilter, EventTypeRegistry, validate_publish, websocket_text_frame
 from autopm_realtime.hub import Hub, QueueLimits
 
-from support import SseClient, WsClient, file_change, publish, with_settings
+from support import SseClient, WsClient, eventually, file_change, publish, with_settings
 
 
 async def test_each_event_is_encoded_once_per_transport(port, http, monkeypatch):
@@ -68,8 +68,7 @@ async def test_slow_sse_consumer_stream_is_ended(port, http, service):
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.sendall(b"GET /api/v1/sse/events?event_types=file_change HTTP/1.1\r\nHost: x\r\n\r\n")
     fast, _ = await SseClient.connected(port, "?event_types=file_change")
-    while len(service.hub.connections("sse")) < 2:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: len(service.hub.connections("sse")) == 2)
     batch = [file_change(f"{i}-" + "f" * 8000) for i in range(10)]
     published = 0
     while service.hub.stats.slow_consumer_closes == 0 and published < 10_000:

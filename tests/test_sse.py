@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from support import SseClient, file_change, progress, publish, with_settings
+from support import SseClient, eventually, file_change, progress, publish, with_settings
 
 
 async def test_stream_headers_and_opening(port):
@@ -117,16 +117,6 @@ async def test_disconnect_leaves_the_stats(port, http, service):
     stats = json.loads((await http.fetch(f"http://127.0.0.1:{port}/api/v1/sse/stats")).body)
     assert stats["sse_connections"] == 1 and stats["total_connections"] == 1
     sse.close()
-    await wait_for(lambda: not service.hub.connections())
+    await eventually(lambda: not service.hub.connections())
     stats = json.loads((await http.fetch(f"http://127.0.0.1:{port}/api/v1/sse/stats")).body)
     assert stats["sse_connections"] == 0 and stats["total_connections"] == 0
-
-
-async def wait_for(condition, timeout: float = 5.0) -> None:
-    """Poll a server-side condition on the loop (for state with no event to await)."""
-    import asyncio
-
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
