@@ -46,7 +46,8 @@ from autopm_realtime.brokers.memory import MemoryBroker  # noqa: E402
 from autopm_realtime.events import DEFAULT_MAX_EVENT_BYTES, EventTypeRegistry  # noqa: E402
 from autopm_realtime.project import Project  # noqa: E402
 from autopm_realtime.sources import SourceContext  # noqa: E402
-from autopm_realtime.sources.watcher import EVENT_FILTER, FileWatcher, WatcherOptions  # noqa: E402
+from autopm_realtime.sources.inotify import EVENT_FILTER  # noqa: E402
+from autopm_realtime.sources.watcher import FileWatcher, WatcherOptions  # noqa: E402
 
 QUIET_SECONDS = 1.0
 DIRECTORIES = 100

@@ -23,11 +23,11 @@ from autopm_realtime.brokers.memory import MemoryBroker
 from autopm_realtime.events import DEFAULT_MAX_EVENT_BYTES, EventTypeRegistry
 from autopm_realtime.project import Project
 from autopm_realtime.sources import SourceContext
+from autopm_realtime.sources import inotify
 from autopm_realtime.sources import watcher as watcher_module
 from autopm_realtime.sources.ignore import IgnoreRules
-from autopm_realtime.sources.watcher import (
-    CREATED, DELETED, MODIFIED, MOVED, Change, FileWatcher, WatcherOptions, merge, settle,
-)
+from autopm_realtime.sources.changes import CREATED, DELETED, MODIFIED, MOVED, Change, merge, settle
+from autopm_realtime.sources.watcher import FileWatcher, WatcherOptions
 
 from support import require
 
@@ -444,7 +444,7 @@ async def test_a_kernel_queue_overflow_is_detected_and_the_rescan_publishes_what
 
 
 async def test_an_exception_in_the_observer_thread_restarts_the_watcher(watch, project, monkeypatch, caplog):
-    original = watcher_module._Handler.dispatch
+    original = inotify.Handler.dispatch
     faults = []
 
     def failing(self, event):
@@ -452,7 +452,7 @@ async def test_an_exception_in_the_observer_thread_restarts_the_watcher(watch, p
             faults.append(event)
             raise RuntimeError("injected fault")
         original(self, event)
-    monkeypatch.setattr(watcher_module._Handler, "dispatch", failing)
+    monkeypatch.setattr(inotify.Handler, "dispatch", failing)
     w = await watch(restart_backoff_seconds=0.01)
     first = watcher_threads()
     write(project / "boom.txt")                     # kills the dispatch thread; the rescan reports the file

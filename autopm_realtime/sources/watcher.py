@@ -2,47 +2,21 @@
 
 How a change travels
 --------------------
-watchdog's threads (inotify reader, emitter, dispatcher) hand each filesystem event to `_Handler`, which
-makes it project-relative, drops the noise of `.git/` at once and appends it to a bounded `_Inbox`; the
+watchdog's threads (inotify reader, emitter, dispatcher) hand each filesystem event to `Handler`, which
+makes it project-relative, drops the noise of `.git/` at once and appends it to a bounded `Inbox`; the
 first item of a batch wakes the IOLoop with `IOLoop.add_callback`. Everything else happens on the loop,
 in one task (`_pump`), so nothing there needs a lock:
 
 1. *translate* each event into per-file operations (created / modified / deleted / moved-in), skipping
    ignored paths (`ignore.py`); a directory becomes one operation per file it holds, known from the
    index of files (`FileIndex`, built by a scan at start and kept current);
-2. *merge* the operation into that path's pending change with `merge()` (the table below);
+2. *merge* the operation into that path's pending change with `merge()` (the table in `changes.py`);
 3. *flush* a path once its window (`coalesce_seconds`, from its first change) is over: `os.lstat` it —
    a path that is not there (or is a directory) was a phantom and is not reported as created/modified —
    then publish.
 
-Merge rules (`merge`, per path, inside one window; "existed" = the path was a known file when its window
-opened):
-
-| pending \\ operation    | created   | modified  | deleted        | moved-in from o |
-|------------------------|-----------|-----------|----------------|-----------------|
-| none, did not exist     | created   | created   | none           | moved(o)        |
-| none, existed           | modified  | modified  | deleted        | modified        |
-| created                 | created   | created   | none           | moved(o)        |
-| moved(x)                | moved(x)  | moved(x)  | none           | moved(o)        |
-| modified                | modified  | modified  | deleted        | modified        |
-| deleted                 | modified  | modified  | deleted        | modified        |
-
-A move a→b is two operations: deleted on a, moved-in on b carrying a's *origin* (a itself if a existed
-before the window; a's own origin if a was moved there in this window; none — i.e. a plain create — if a
-was created in this window). When a window closes, `settle` publishes moved(o) at b as `moved` with
-`old_path` o only if o is then gone (its pending change is deleted, which the move then stands for);
-otherwise b is `created`. So an atomic save (temp file written, then renamed over the target) is one
-`modified` for the target (`created` if it did not exist), never a move of the temp file.
-
-Directories
------------
-Only files are reported. A deleted directory, or one moved out of the tree, is a `deleted` per file it
-held. A directory moved within the tree is a `moved` per file, with `old_path` (the destination is
-scanned, so files that appear or fall under other ignore rules there come out right). A changed
-`.gitignore` or `.git/info/exclude` takes effect at once, for the changes that follow it: a file it newly
-ignores is forgotten without an event; a file it no longer ignores is reported (as `created`) the next
-time it changes. A change of metadata alone is `modified` when size, mtime or inode changed (`touch`),
-and nothing for `chmod`. Symbolic links are files; nothing is followed.
+The merge rules, and how directories are reported, are in `changes.py`; watchdog's threads and the
+overflow hook are in `inotify.py`.
 
 Overflow, crashes, bounds
 -------------------------
@@ -66,27 +40,19 @@ import os
 import stat
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable
 
 from tornado.ioloop import IOLoop
-from watchdog.events import (
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileAttribEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
 
 from . import Source, SourceContext
-from .ignore import IgnoreRules, is_git_internal, is_rule_file, EXCLUDE_FILE
+from .changes import (CREATED, DELETED, MODIFIED, MOVED, Change, FileIndex, Signature, merge, reportable,
+                      scan_tree, settle, signature_of)
+from .ignore import IgnoreRules, is_rule_file
+from .inotify import EVENT_FILTER, Handler, Inbox, RawEvent, WatcherObserver
+
 
 log = logging.getLogger(__name__)
 
-CREATED, MODIFIED, DELETED, MOVED = "created", "modified", "deleted", "moved"
 
 
 @dataclass(frozen=True)
@@ -125,381 +91,6 @@ class WatcherOptions:
         object.__setattr__(self, "ignore", tuple(self.ignore))
 
 
-# --- merge rules (pure) ----------------------------------------------------------------------
-
-class Change(NamedTuple):
-    """A path's net change so far in its window. `old_path` only for `moved`."""
-
-    kind: str
-    old_path: str | None = None
-
-
-def merge(previous: Change | None, existed: bool, operation: str, origin: str | None = None) -> Change | None:
-    """The pending change of a path after one more operation (see the table in the module docstring).
-
-    `previous` is None when the path has no pending change; then `existed` says whether it was a known
-    file. `operation` is created, modified, deleted or moved (moved-in, from `origin`; a move with no
-    origin is a create). Returns None when the window nets out to nothing.
-    """
-    if operation == MOVED and origin is None:
-        operation = CREATED
-    existed_before = existed if previous is None else previous.kind in (MODIFIED, DELETED)
-    if operation == DELETED:
-        return Change(DELETED) if existed_before else None
-    if existed_before:
-        return Change(MODIFIED)
-    if operation == MOVED:
-        return Change(MOVED, origin)
-    if previous is not None and previous.kind == MOVED:
-        return previous                      # moved, then written: still a move
-    return Change(CREATED)
-
-
-def settle(group: Mapping[str, Change], present: Mapping[str, bool]) -> list[tuple[str, str, str | None]]:
-    """What to publish for changes whose windows closed together: `(change_type, path, old_path)`.
-
-    `present[path]` says whether each path that should exist (all but deleted) is really a file now; a
-    path that is not is a phantom: nothing for a new path, `deleted` for one that existed. A move is
-    published as such only when its origin is in `group` as deleted, which the move then stands for.
-    """
-    moved_away: set[str] = set()
-    moves: dict[str, str] = {}
-    for path, change in group.items():
-        origin = change.old_path
-        if (change.kind == MOVED and present[path] and origin not in moved_away
-                and group.get(origin) == Change(DELETED)):
-            moves[path] = origin
-            moved_away.add(origin)
-    published = []
-    for path, change in group.items():
-        if path in moves:
-            published.append((MOVED, path, moves[path]))
-        elif change.kind == DELETED:
-            if path not in moved_away:
-                published.append((DELETED, path, None))
-        elif change.kind == MODIFIED:
-            published.append((MODIFIED if present[path] else DELETED, path, None))
-        elif present[path]:                  # created, or a move whose origin is still there
-            published.append((CREATED, path, None))
-    return published
-
-
-# --- the index of known files ----------------------------------------------------------------
-
-Signature = tuple[int, int, int]   # (size, mtime_ns, inode): what a rescan compares
-
-
-def signature_of(st: os.stat_result) -> Signature:
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-class FileIndex:
-    """The files the watcher believes exist, with the signature each had when last reported (None while
-    a change to it is pending), and a directory tree over them so a directory's files are found without
-    looking at every file."""
-
-    def __init__(self, files: Mapping[str, Signature | None] | None = None) -> None:
-        self._files: dict[str, Signature | None] = {}
-        self._children: dict[str, set[str]] = {}      # directory path → names of files and directories in it
-        for path, signature in (files or {}).items():
-            self.set(path, signature)
-
-    def __contains__(self, path: object) -> bool:
-        return path in self._files
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def paths(self) -> list[str]:
-        return list(self._files)
-
-    def signature(self, path: str) -> Signature | None:
-        return self._files.get(path)
-
-    def set(self, path: str, signature: Signature | None) -> None:
-        if path not in self._files:
-            self._link(path)
-        self._files[path] = signature
-
-    def discard(self, path: str) -> None:
-        if self._files.pop(path, _MISSING) is not _MISSING:
-            self._unlink(path)
-
-    def under(self, directory: str) -> list[str]:
-        """The known files anywhere below `directory` ("" is the project root)."""
-        if not directory:
-            return list(self._files)
-        found, stack = [], [directory]
-        while stack:
-            parent = stack.pop()
-            for name in self._children.get(parent, ()):
-                path = f"{parent}/{name}" if parent else name
-                if path in self._files:
-                    found.append(path)
-                if path in self._children:
-                    stack.append(path)
-        return found
-
-    def _link(self, path: str) -> None:
-        while True:
-            parent, _, name = path.rpartition("/")
-            siblings = self._children.get(parent)
-            if siblings is not None:
-                siblings.add(name)
-                return
-            self._children[parent] = {name}
-            if not parent:
-                return
-            path = parent
-
-    def _unlink(self, path: str) -> None:
-        while path and path not in self._files and path not in self._children:
-            parent, _, name = path.rpartition("/")
-            siblings = self._children.get(parent)
-            if siblings is None:
-                return
-            siblings.discard(name)
-            if siblings or not parent:
-                return
-            del self._children[parent]
-            path = parent
-
-
-_MISSING = object()
-
-
-class _Aborted(Exception):
-    """A scan stopped because the watcher is stopping."""
-
-
-def scan_tree(root: str, rules: IgnoreRules, start: str = "",
-              abort: threading.Event | None = None) -> dict[str, Signature]:
-    """Every file below `start` (project-relative; "" is the root) that is not ignored, with its
-    signature. Symbolic links are files; nothing is followed."""
-    files: dict[str, Signature] = {}
-    stack = [start]
-    while stack:
-        if abort is not None and abort.is_set():
-            raise _Aborted()
-        directory = stack.pop()
-        try:
-            entries = os.scandir(os.path.join(root, directory))
-        except OSError:          # gone, not a directory any more, or unreadable: nothing to report
-            continue
-        with entries:
-            for entry in entries:
-                path = f"{directory}/{entry.name}" if directory else entry.name
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        if not rules.may_skip_directory(path):
-                            stack.append(path)
-                    elif reportable(path) and not rules.is_ignored(path):
-                        files[path] = signature_of(entry.stat(follow_symlinks=False))
-                except OSError:
-                    continue
-    return files
-
-
-def reportable(path: str) -> bool:
-    """Whether a path can go into an event: a name that is not UTF-8 (kept by Python as surrogates)
-    cannot be encoded as JSON text, so such a file is treated as ignored."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-# --- watchdog's side ---------------------------------------------------------------------------
-
-# What we ask watchdog for: no opened/closed/directory-modified events, which would only fill the queues
-# (inotify then watches IN_CREATE|IN_MODIFY|IN_ATTRIB|IN_MOVE|IN_DELETE|IN_DELETE_SELF only).
-EVENT_FILTER: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileDeletedEvent, FileMovedEvent,
-    DirDeletedEvent, DirMovedEvent,
-]
-_KINDS: dict[type[FileSystemEvent], str] = {
-    FileCreatedEvent: "file_created", FileModifiedEvent: "file_modified", FileAttribEvent: "file_attrib",
-    FileDeletedEvent: "file_deleted", FileMovedEvent: "file_moved", DirDeletedEvent: "dir_deleted",
-    DirMovedEvent: "dir_moved",
-}
-
-RawEvent = tuple[str, str, str | None]   # (kind, path, destination for moves), project-relative
-
-
-class _Inbox:
-    """The bounded hand-over from watchdog's threads to the loop.
-
-    `put` appends an event (or, when full, drops it and flags an overflow); `overflow` and `crash` flag
-    what the loop must handle; the first of a batch schedules one wake-up on the loop. A new inbox is made
-    for each observer, so a torn-down observer's threads can no longer reach the loop."""
-
-    def __init__(self, capacity: int, wake: Callable[[], None]) -> None:
-        self.capacity = capacity
-        self._wake = wake
-        self._lock = threading.Lock()
-        self._items: collections.deque[RawEvent] = collections.deque()
-        self._overflowed = False                      # the kernel's queue overflowed
-        self._dropped = 0                             # events this inbox had no room for
-        self._crash: BaseException | None = None
-        self._wake_scheduled = False
-
-    def _flag(self, change: Callable[[], None]) -> None:
-        with self._lock:
-            change()
-            wake, self._wake_scheduled = not self._wake_scheduled, True
-        if wake:
-            self._wake()
-
-    def put(self, item: RawEvent) -> None:
-        def append() -> None:
-            if len(self._items) < self.capacity:
-                self._items.append(item)
-            else:
-                self._dropped += 1
-        self._flag(append)
-
-    def overflow(self) -> None:
-        self._flag(lambda: setattr(self, "_overflowed", True))
-
-    def crash(self, error: BaseException) -> None:
-        def record() -> None:
-            if self._crash is None:
-                self._crash = error
-        self._flag(record)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def take(self) -> tuple[list[RawEvent], bool, int, BaseException | None]:
-        """Everything handed over since the last take: events, kernel overflow, events dropped, crash."""
-        with self._lock:
-            items, self._items = list(self._items), collections.deque()
-            overflowed, self._overflowed = self._overflowed, False
-            dropped, self._dropped = self._dropped, 0
-            crash, self._crash = self._crash, None
-            self._wake_scheduled = False
-        return items, overflowed, dropped, crash
-
-
-class _Handler(FileSystemEventHandler):
-    """Runs on watchdog's dispatch thread: makes events project-relative and hands them to the inbox."""
-
-    def __init__(self, root: str, inbox: _Inbox) -> None:
-        self._root = root
-        self._prefix = root.rstrip(os.sep) + os.sep
-        self._inbox = inbox
-
-    def _relative(self, path: str | bytes) -> str | None:
-        path = os.fsdecode(path)
-        if path == self._root:
-            return ""
-        if not path.startswith(self._prefix):
-            return None
-        relative = path[len(self._prefix):]
-        return relative if os.sep == "/" else relative.replace(os.sep, "/")
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        kind = _KINDS.get(type(event))
-        if kind is None:
-            return
-        moved = kind in ("file_moved", "dir_moved")
-        if moved and event.is_synthetic:
-            return   # the files of a moved directory: the loop scans the destination itself
-        source = self._relative(event.src_path)
-        destination = self._relative(event.dest_path) if moved else None
-        if _is_noise(source) and _is_noise(destination):
-            return
-        if moved and destination is None:             # moved out of the tree
-            kind = "file_deleted" if kind == "file_moved" else "dir_deleted"
-        elif moved and source is None:                # moved in from outside the tree
-            kind, source, destination = ("file_created" if kind == "file_moved" else "dir_created"), \
-                destination, None
-        assert source is not None
-        self._inbox.put((kind, source, destination))
-
-
-def _is_noise(path: str | None) -> bool:
-    """Outside the tree, or git's own files (except the exclude file, which holds ignore rules)."""
-    return path is None or (is_git_internal(path) and path != EXCLUDE_FILE)
-
-
-class _Guarded:
-    """Mixed into watchdog's thread classes: an exception that would end the thread, or the thread ending
-    without being asked to, is reported to the inbox (which the loop treats as a crash) instead of being
-    lost in a thread nobody joins."""
-
-    _inbox: _Inbox
-
-    def run(self) -> None:
-        try:
-            super().run()                             # type: ignore[misc]
-        except Exception as error:
-            self._inbox.crash(error)
-            return
-        if not self.stopped_event.is_set():           # type: ignore[attr-defined]
-            self._inbox.crash(RuntimeError(f"watchdog thread {self.name} ended")) # type: ignore[attr-defined]
-
-
-def _make_observer_classes() -> Callable[[_Inbox], Any]:
-    """Our observer factory: on Linux, watchdog 7's inotify observer with an `InotifyFD` that reports
-    `IN_Q_OVERFLOW` and guarded threads; elsewhere the platform's observer with a guarded dispatch
-    thread (no overflow detection: FSEvents/ReadDirectoryChangesW/kqueue report it differently)."""
-    try:
-        from watchdog.observers.api import BaseObserver
-        from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
-        from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
-    except Exception:                                 # not Linux (watchdog refuses a libc without inotify)
-        from watchdog.observers import Observer
-
-        class _PlatformObserver(_Guarded, Observer):  # type: ignore[valid-type,misc]
-            def __init__(self, inbox: _Inbox) -> None:
-                super().__init__()
-                self._inbox = inbox
-        return _PlatformObserver
-
-    class _InotifyFD(_Guarded, InotifyFD):
-        def __init__(self, inbox: _Inbox) -> None:
-            super().__init__()
-            self._inbox = inbox
-            self.name = "autopm-watcher-inotify"
-
-        def _add_callback(self, path: bytes, mask: Any, callback: Any, id_: Any) -> Any:
-            # watchdog registers a new directory twice when a tree appears at once (`mkdir -p a/b`: once
-            # walking `a`, once for b's own IN_CREATE) and `warnings.warn`s each time, with a message
-            # unique to the watch, before overwriting the callback with itself. Same effect, no warning.
-            watch = self._get_or_create_watch(path, mask)
-            watch.callbacks[id_] = callback
-            return watch.wd
-
-        def handle_event(self, event: InotifyEvent) -> None:
-            # watchdog logs the overflow and rebuilds its watches in the call below; the events the
-            # kernel dropped are ours to find, by a rescan
-            if event.is_queue_overflow:
-                self._inbox.overflow()
-            super().handle_event(event)
-
-    class _Emitter(_Guarded, InotifyEmitter):
-        def __init__(self, *args: Any, inbox: _Inbox, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._inbox = inbox
-            self.name = "autopm-watcher-emitter"
-
-    class _InotifyObserver(_Guarded, InotifyObserver):
-        def __init__(self, inbox: _Inbox) -> None:
-            # InotifyObserver.__init__ with our own InotifyFD and emitter classes (watchdog 7.x layout)
-            self._inotify_fd = _InotifyFD(inbox)
-            self._inotify_fd.start()
-            BaseObserver.__init__(self, _Emitter, inotify_fd=self._inotify_fd, inbox=inbox)
-            self._inbox = inbox
-            self.name = "autopm-watcher-dispatch"
-
-    return _InotifyObserver
-
-
-_Observer = _make_observer_classes()
-
-
 # --- the source --------------------------------------------------------------------------------
 
 @dataclass
@@ -536,7 +127,7 @@ class FileWatcher(Source):
         self._moved_to: dict[str, str] = {}           # origin → the path a pending move took it to
         self._io_loop: IOLoop | None = None
         self._wake = asyncio.Event()
-        self._inbox: _Inbox | None = None
+        self._inbox: Inbox | None = None
         self._observer: Any = None
         self._observer_lock = threading.Lock()
         self._helpers: set[threading.Thread] = set()
@@ -624,12 +215,12 @@ class FileWatcher(Source):
             await asyncio.sleep(0.005)
         self._helpers.clear()
 
-    def _start_observer(self, inbox: _Inbox) -> None:
+    def _start_observer(self, inbox: Inbox) -> None:
         """(helper thread) A new observer on the root, running, remembered for `_halt_observer`."""
-        observer = _Observer(inbox)
+        observer = WatcherObserver(inbox)
         with self._observer_lock:
             self._observer = observer
-        observer.schedule(_Handler(self.root, inbox), self.root, recursive=True, event_filter=EVENT_FILTER)
+        observer.schedule(Handler(self.root, inbox), self.root, recursive=True, event_filter=EVENT_FILTER)
         observer.start()
 
     async def _halt_observer(self) -> None:
@@ -671,7 +262,7 @@ class FileWatcher(Source):
     async def _launch(self, initial: bool) -> None:
         """Start a fresh observer, then scan: the index (at start) or the differences to it (after an
         overflow or a crash). Watching starts first, so nothing changed during the scan is missed."""
-        inbox = _Inbox(self.options.max_queued_events, self._wake_up)
+        inbox = Inbox(self.options.max_queued_events, self._wake_up)
         await self._in_thread("start", lambda: self._start_observer(inbox))
         self._inbox = inbox
         if initial:
