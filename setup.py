@@ -6,6 +6,9 @@ here = Path(__file__).parent
 version = {}
 exec((here / "autopm_realtime" / "__init__.py").read_text(), version)
 
+# jupyter_server 2.13 brought @ws_authenticated and ServerApp.allow_unauthenticated_access.
+JUPYTER = ["jupyter_server>=2.13,<3", "ipywidgets>=8", "ipykernel>=6"]
+
 setup(
     name="autopm-realtime",
     version=version["__version__"],
@@ -16,6 +19,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["autopm_realtime", "autopm_realtime.*", "jupyter_ext", "jupyter_ext.*"]),
     package_data={"autopm_realtime.web": ["static/*"]},
+    # Enables the Jupyter Server extension on install (`jupyter server extension list` shows it). An
+    # editable install may skip data files: then run `jupyter server extension enable jupyter_ext`.
+    data_files=[("etc/jupyter/jupyter_server_config.d",
+                 ["jupyter-config/jupyter_server_config.d/jupyter_ext.json"])],
     install_requires=[
         "tornado>=6.4,<7",
         "watchdog>=7.1,<8",   # watcher.py hooks watchdog 7's inotify classes to notice queue overflows
@@ -23,11 +30,13 @@ setup(
     ],
     extras_require={
         "redis": ["redis>=5.0"],
-        "jupyter": ["jupyter_server>=2.0,<3", "ipywidgets>=8"],
+        "jupyter": JUPYTER,
         "test": [
             "pytest>=8,<10",
             "pytest-tornasync>=0.6",
             "pytest-timeout>=2.2",
+            *JUPYTER,   # tests/test_jupyter_ext.py runs a real `jupyter server`
+            "nbclient>=0.7", "nbformat>=5.1",   # tests/test_notebooks.py executes the notebooks
         ],
     },
     entry_points={"console_scripts": ["autopm-realtime=autopm_realtime.cli:main"]},

@@ -119,6 +119,11 @@ class RealtimeClient:
 
     # --- the caller's side ---------------------------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        """True while the current connection has its subscription confirmed (events flow live)."""
+        return self._connected
+
     def __aiter__(self) -> RealtimeClient:
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -16,7 +17,10 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
+from tornado.testing import bind_unused_port
 from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from jupyter_ext.discovery import terminate
 
 RECEIVE_TIMEOUT = 5.0
 
@@ -231,6 +235,30 @@ async def eventually(condition, timeout: float = RECEIVE_TIMEOUT) -> None:
         await asyncio.sleep(0.005)
 
 
+def free_port() -> int:
+    sock, port = bind_unused_port()
+    sock.close()
+    return port
+
+
+def subscribed(service) -> list:
+    """Connections with a filter; a WebSocket has an empty one until its `subscribe` is processed."""
+    return [c for c in service.hub.connections() if c.filter.types != frozenset()]
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings):
+    """A standalone server (as `serve` runs it) in this process for the block; yields its service."""
+    from autopm_realtime.server import StandaloneServer
+
+    server = StandaloneServer(settings)
+    await server.start()
+    try:
+        yield server.service
+    finally:
+        await server.stop()
+
+
 STRICT_ENV = "AUTOPM_TEST_STRICT"
 
 
@@ -309,13 +337,7 @@ class Process:
                 return match
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        terminate(self.popen, WAIT)
 
     @classmethod
     def serve(cls, *args: str, **kwargs: Any) -> tuple[Process, str]:

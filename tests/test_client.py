@@ -12,17 +12,15 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
-from tornado.testing import bind_unused_port
 from tornado.web import Application, HTTPError
 
 from autopm_realtime.client import ClientGaveUp, RealtimeClient, endpoint_urls, subscribe
 from autopm_realtime.config import ProjectSpec, Settings
 from autopm_realtime.service import RealtimeService
-from autopm_realtime.server import StandaloneServer
 from autopm_realtime.web.app import routes
 from autopm_realtime.web.sse import EventStreamHandler
 from autopm_realtime.web.websocket import EventWebSocketHandler
-from support import eventually, file_change, progress
+from support import eventually, file_change, free_port, progress, running_service, subscribed
 
 TRANSPORTS = ["websocket", "sse"]
 WAIT = 5.0
@@ -33,19 +31,8 @@ def base_url(port: int, prefix: str = "/") -> str:
     return f"http://127.0.0.1:{port}{prefix}"
 
 
-def free_port() -> int:
-    sock, port = bind_unused_port()
-    sock.close()
-    return port
-
-
 async def next_message(client: RealtimeClient, timeout: float = WAIT) -> dict[str, Any]:
     return await asyncio.wait_for(client.__anext__(), timeout)
-
-
-def subscribed(service: RealtimeService) -> list:
-    """Connections with a filter; a WebSocket has an empty one until its `subscribe` is processed."""
-    return [c for c in service.hub.connections() if c.filter.types != frozenset()]
 
 
 async def receive_after_subscribing(client: RealtimeClient, service: RealtimeService,
@@ -127,16 +114,6 @@ async def serving(app: Application, port: int) -> AsyncIterator[None]:
     finally:
         server.stop()
         await server.close_all_connections()
-
-
-@contextlib.asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[RealtimeService]:
-    server = StandaloneServer(settings)
-    await server.start()
-    try:
-        yield server.service
-    finally:
-        await server.stop()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
