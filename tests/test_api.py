@@ -298,10 +298,21 @@ async def test_unknown_path_is_json_404(port, http):
     assert code == 404 and "no such endpoint" in body["error"]["reason"]
 
 
-async def test_dashboard_placeholder_page(port, http):
+async def test_dashboard_page(port, http):
+    """One self-contained page: CSS and JS inlined, no favicon request, relative URLs, the test hooks."""
     response = await http.fetch(url(port, "/"))
     assert response.headers["Content-Type"].startswith("text/html")
-    assert b"/api/v1/dashboard/ws" in response.body
+    body = response.body.decode()
+    assert body.lower().startswith("<!doctype html>")
+    assert "__DASHBOARD_" not in body                      # both markers replaced
+    assert '<link rel="icon" href="data:,">' in body
+    assert "'api/v1/dashboard/ws'" in body and "'api/v1/sse/events'" in body
+    assert "'/api/" not in body                             # every URL relative to the page
+    for hook in ("progress-percentage", "progress-counts", "file-change-count", "file-change-list",
+                 "commit-list", "risk-list", "connection-state", "project-picker", "toast-region"):
+        assert f'data-testid="{hook}"' in body
+    assert 'aria-live="polite"' in body
+    assert "<script src" not in body and "stylesheet" not in body
 
 
 # --- CORS ------------------------------------------------------------------------------------
