@@ -37,6 +37,7 @@ setup(
             "pytest-timeout>=2.2",
             *JUPYTER,   # tests/test_jupyter_ext.py runs a real `jupyter server`
             "nbclient>=0.7", "nbformat>=5.1",   # tests/test_notebooks.py executes the notebooks
+            "playwright>=1.40",   # tests/test_dashboard.py drives Debian's chromium (see .ci/run)
         ],
     },
     entry_points={"console_scripts": ["autopm-realtime=autopm_realtime.cli:main"]},

@@ -1,0 +1,290 @@
+"""The dashboard page at `/`, driven in a real headless Chromium (Debian's `chromium`) with Playwright.
+
+Each test gets its own server subprocess (`serve --project TMP=demo --no-watch --auto-commit off`) and a fresh
+browser context; the browser itself is started once per module. Events are published with plain HTTP
+(`POST /api/v1/events`) and the page is checked through the `data-testid` hooks of its contract. Playwright's
+`expect(...)` does the waiting: there are no sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from support import ROOT, Process, file_change, free_port, progress, require, risk
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PROJECT = "demo"
+VIEWPORT = {"width": 1280, "height": 900}
+TIMEOUT_MS = 10_000   # for every expectation; the page normally gets there in milliseconds
+SCREENSHOT = ROOT / "docs" / "dashboard.png"
+HOSTILE = "<img src=x onerror=alert(1)>.py"
+SHA = "9fceb02d0ae598e95dc970b74767f19372d61af8"
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:   # the [test] extra brings playwright; require() below turns this into a skip/failure
+    sync_playwright = None
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    require(os.path.exists(CHROMIUM) and sync_playwright is not None,
+            f"the dashboard tests need Debian's chromium at {CHROMIUM} and the playwright package")
+    expect.set_options(timeout=TIMEOUT_MS)
+    playwright = sync_playwright().start()
+    try:
+        # executable_path: Playwright never downloads or looks for its own browser builds.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+    finally:
+        playwright.stop()
+
+
+class Server:
+    """One `serve` subprocess; `restart()` brings it back on the same port (a new, empty memory broker)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.args = ("--project", f"{directory}={PROJECT}", "--no-watch", "--auto-commit", "off")
+        self.process, self.url = Process.serve(*self.args)
+        self.port = int(self.url.rstrip("/").rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def restart(self) -> None:
+        # argparse keeps the last --port, so this overrides serve()'s "--port 0".
+        self.process, url = Process.serve("--port", str(self.port), *self.args)
+        assert url == self.url, (url, self.url)
+
+    def publish(self, *events: dict) -> list[str]:
+        """POST the events one by one; returns their ids."""
+        ids = []
+        for event in events:
+            request = urllib.request.Request(f"{self.url}api/v1/events", data=json.dumps(event).encode(),
+                                             headers={"Content-Type": "application/json"}, method="POST")
+            with urllib.request.urlopen(request, timeout=5) as response:
+                assert response.status == 202, response.status
+                ids.append(json.loads(response.read())["id"])
+        return ids
+
+    def dashboard(self) -> str:
+        return f"{self.url}?project={PROJECT}"
+
+
+@pytest.fixture
+def server(tmp_path):
+    server = Server(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Watched:
+    """A page plus everything it reported that a test may want to hold against it."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.console_errors: list[str] = []
+        self.page_errors: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+        page.on("dialog", self._dialog)
+
+    def _dialog(self, dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def testid(self, name: str):
+        return self.page.get_by_test_id(name)
+
+    def connected(self, server: Server, state: str = "websocket") -> None:
+        self.page.goto(server.dashboard())
+        expect(self.testid("connection-state")).to_have_text(state)
+
+    def assert_clean(self) -> None:
+        assert self.page_errors == [], self.page_errors
+        assert self.console_errors == [], self.console_errors
+        assert self.dialogs == [], self.dialogs
+
+
+@pytest.fixture
+def context(browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def watched(context):
+    return Watched(context.new_page())
+
+
+def commit(sha: str = SHA, changes: int = 3, project: str = PROJECT) -> dict:
+    return {"type": "auto_commit", "project_id": project,
+            "data": {"event": "result", "success": True, "changes_count": changes, "sha": sha,
+                     "ref": "refs/autopm/autosave/main", "trigger": "quiet_period", "duration_ms": 41.7}}
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+def test_page_loads_connects_over_websocket_without_errors(server, watched):
+    watched.connected(server)
+    for hook in ("progress-percentage", "progress-counts", "file-change-count", "file-change-list",
+                 "commit-list", "risk-list", "connection-state", "project-picker"):
+        expect(watched.testid(hook)).to_have_count(1)
+    expect(watched.testid("file-change-count")).to_have_text(re.compile(r"^\s*0\s*$"))
+    watched.assert_clean()
+
+
+def test_progress_update_moves_the_bar_and_the_text(server, watched):
+    watched.connected(server)
+    server.publish(progress(75.5, 15, 20, project=PROJECT))
+    expect(watched.testid("progress-percentage")).to_have_text("75.5%")
+    expect(watched.testid("progress-counts")).to_have_text("15 / 20")
+    # The bar: the page's one progressbar, by its accessible role.
+    expect(watched.page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "75.5")
+    watched.assert_clean()
+
+
+def test_file_changes_count_up_and_are_listed(server, watched):
+    watched.connected(server)
+    paths = ["src/app.py", "src/models/user.py", "README.md"]
+    for n, path in enumerate(paths, 1):
+        server.publish(file_change(path, project=PROJECT))
+        expect(watched.testid("file-change-count")).to_have_text(str(n))
+    listing = watched.testid("file-change-list")
+    for path in paths:
+        expect(listing).to_contain_text(path)
+    watched.assert_clean()
+
+
+def test_events_of_another_project_do_not_show(server, watched):
+    watched.connected(server)
+    server.publish(file_change("elsewhere.py", project="other"), file_change("here.py", project=PROJECT))
+    expect(watched.testid("file-change-list")).to_contain_text("here.py")
+    expect(watched.testid("file-change-count")).to_have_text("1")
+    expect(watched.testid("file-change-list")).not_to_contain_text("elsewhere.py")
+
+
+def test_commit_result_appears_in_the_commit_list(server, watched):
+    watched.connected(server)
+    server.publish(commit())
+    # The sha, or at least its usual 7-character abbreviation.
+    expect(watched.testid("commit-list")).to_contain_text(SHA[:7])
+    watched.assert_clean()
+
+
+def test_risk_alert_appears_in_the_risk_list(server, watched):
+    watched.connected(server)
+    server.publish(risk("Progress slowing down", "high", project=PROJECT))
+    risks = watched.testid("risk-list")
+    expect(risks).to_contain_text("Progress slowing down")
+    expect(risks).to_contain_text(re.compile("high", re.IGNORECASE))
+    watched.assert_clean()
+
+
+def test_hostile_file_name_renders_as_text(server, watched):
+    watched.connected(server)
+    server.publish(file_change(HOSTILE, project=PROJECT), risk(f"touched {HOSTILE}", project=PROJECT))
+    listing = watched.testid("file-change-list")
+    expect(listing).to_contain_text(HOSTILE)
+    expect(watched.testid("risk-list")).to_contain_text(f"touched {HOSTILE}")
+    expect(watched.page.locator("img")).to_have_count(0)
+    assert watched.dialogs == []
+    watched.assert_clean()
+
+
+def test_reconnects_after_a_server_restart_on_the_same_port(server, watched):
+    watched.connected(server)
+    server.publish(file_change("before.py", project=PROJECT))
+    expect(watched.testid("file-change-list")).to_contain_text("before.py")
+
+    server.stop()
+    expect(watched.testid("connection-state")).to_have_text("reconnecting")
+    server.restart()
+    expect(watched.testid("connection-state")).to_have_text("websocket", timeout=20_000)
+
+    # Events published after the restart arrive, each exactly once. (The restarted memory broker does not
+    # know the page's last id, so whether the page keeps or clears what it showed before is its choice;
+    # it must not show anything twice.)
+    server.publish(file_change("after-1.py", project=PROJECT), file_change("after-2.py", project=PROJECT))
+    listing = watched.testid("file-change-list")
+    expect(listing).to_contain_text("after-2.py")
+    for name in ("after-1.py", "after-2.py"):
+        expect(listing.get_by_text(name, exact=False)).to_have_count(1)
+    assert listing.get_by_text("before.py", exact=False).count() <= 1
+    assert watched.page_errors == [], watched.page_errors
+    assert watched.dialogs == [], watched.dialogs
+    # (Console errors are expected here: Chromium logs the refused connections while the server is down.)
+
+
+def test_falls_back_to_sse_when_the_websocket_is_blocked(server, context):
+    # Playwright's page.route does not see WebSocket handshakes, and route_web_socket only mocks an *open*
+    # socket. So the page's WebSocket to the dashboard endpoint is pointed at a port nobody listens on: the
+    # browser then fails it exactly as it fails a socket a proxy or firewall refuses (error, close 1006,
+    # never open), while every other request, the SSE stream included, goes to the real server.
+    dead = f"ws://127.0.0.1:{free_port()}/api/v1/dashboard/ws"
+    context.add_init_script(f"""(() => {{
+        const Real = window.WebSocket;
+        function Blocked(url, protocols) {{
+            const target = String(url).includes('/api/v1/dashboard/ws') ? {json.dumps(dead)} : url;
+            return protocols === undefined ? new Real(target) : new Real(target, protocols);
+        }}
+        Blocked.prototype = Real.prototype;
+        for (const k of ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED']) Blocked[k] = Real[k];
+        window.WebSocket = Blocked;
+    }})();""")
+    watched = Watched(context.new_page())
+    watched.page.goto(server.dashboard())
+    expect(watched.testid("connection-state")).to_have_text("sse", timeout=20_000)
+
+    server.publish(file_change("over-sse.py", project=PROJECT), progress(40, 2, 5, project=PROJECT))
+    expect(watched.testid("file-change-list")).to_contain_text("over-sse.py")
+    expect(watched.testid("file-change-count")).to_have_text("1")
+    expect(watched.testid("progress-percentage")).to_have_text(re.compile(r"^\s*40(\.0)?%\s*$"))
+    assert watched.page_errors == [], watched.page_errors
+
+
+def test_screenshot_with_realistic_data(server, watched):
+    """Saves docs/dashboard.png (1280×900) with a realistic session's worth of events."""
+    watched.connected(server)
+    changes = [("src/app.py", "modified"), ("src/models/user.py", "created"), ("tests/test_user.py", "created"),
+               ("docs/api.md", "modified"), ("src/legacy/auth.py", "deleted"), ("pyproject.toml", "modified")]
+    server.publish(*(progress(pct, done, 20, project=PROJECT)
+                     for pct, done in ((25.0, 5), (35.0, 7), (42.5, 8), (50.0, 10), (60.0, 12))))
+    server.publish(*(file_change(path, project=PROJECT, change=kind) for path, kind in changes[:3]))
+    server.publish(commit("3b18e512dba79e4c8300dd08aeb37f8e728b8dad", changes=3))
+    server.publish(*(file_change(path, project=PROJECT, change=kind) for path, kind in changes[3:]))
+    server.publish(commit(SHA, changes=3))
+    server.publish(risk("Velocity dropped 40% over the last 7 days", "high", project=PROJECT),
+                   risk("3 tasks have had no activity for 5 days", "medium", project=PROJECT),
+                   progress(75.5, 15, 20, project=PROJECT))
+
+    expect(watched.testid("progress-percentage")).to_have_text("75.5%")
+    expect(watched.testid("progress-counts")).to_have_text("15 / 20")
+    expect(watched.testid("file-change-count")).to_have_text(str(len(changes)))
+    expect(watched.testid("commit-list")).to_contain_text(SHA[:7])
+    expect(watched.testid("commit-list")).to_contain_text("3b18e51")
+    expect(watched.testid("risk-list")).to_contain_text("no activity for 5 days")
+    watched.assert_clean()
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    watched.page.screenshot(path=str(SCREENSHOT), animations="disabled")
+    assert SCREENSHOT.stat().st_size > 10_000
