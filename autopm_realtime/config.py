@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping
 
 from .events import DEFAULT_MAX_EVENT_BYTES, EventTypeRegistry, parse_extra_event_type
 from .brokers.memory import DEFAULT_HISTORY_SIZE
-from .hub import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES
+from .connection import DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES
+from .hub import DEFAULT_BACKLOG_EVENTS, DEFAULT_HEARTBEAT_SECONDS, DEFAULT_SLICE_MS
 
 ENV_PREFIX = "AUTOPM_"
 
@@ -65,7 +66,10 @@ class Settings:
     max_publish_events: int = 1_000
     queue_max_messages: int = DEFAULT_QUEUE_MAX_MESSAGES
     queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES
+    fanout_slice_ms: float = DEFAULT_SLICE_MS
+    fanout_backlog: int = DEFAULT_BACKLOG_EVENTS
     sse_retry_ms: int = 3_000
+    websocket_compression: bool = False
     event_types: tuple[str, ...] = ()
     no_watch: bool = False
     ignore: tuple[str, ...] = ()
@@ -97,7 +101,8 @@ class Settings:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port}: must be 0-65535")
         positive = ("heartbeat", "history", "max_event_bytes", "max_message_bytes", "max_publish_bytes",
-                    "max_publish_events", "queue_max_messages", "queue_max_bytes", "sse_retry_ms",
+                    "max_publish_events", "queue_max_messages", "queue_max_bytes", "fanout_slice_ms",
+                    "fanout_backlog", "sse_retry_ms",
                     "coalesce_ms", "commit_quiet", "commit_max_wait", "commit_interval")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -207,6 +212,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_max_messages", "messages queued per connection before it is closed as a slow "
            "consumer", int),
     Option("queue_max_bytes", "bytes queued per connection before it is closed as a slow consumer", int),
+    Option("fanout_slice_ms", "milliseconds one loop turn may spend delivering events before the server "
+           "turns to other work (heartbeats, new connections, publishes) and comes back", float),
+    Option("fanout_backlog", "events received but not yet offered to connections; beyond it the hub "
+           "offers them all at once instead of in slices", int),
+    Option("websocket_compression", "offer permessage-deflate to WebSocket clients: less bandwidth, but "
+           "each compressed connection's events are deflated for it alone, costing CPU per delivery",
+           _boolean, switch=True),
     Option("sse_retry_ms", "the SSE 'retry:' reconnection delay sent to browsers, in milliseconds", int),
     Option("event_types", "register an extra event type, as NAME or NAME:field1,field2 naming its "
            "required data fields (repeatable; ';' between types in the environment variable)",

@@ -103,15 +103,17 @@ def dumps(obj: Any) -> bytes:
 
 # --- framing ---------------------------------------------------------------------------------
 
-def websocket_text_frame(payload: bytes) -> bytes:
-    """An unmasked, final, uncompressed RFC 6455 text frame, ready to write to any server socket."""
+def websocket_text_frame(payload: bytes, *, compressed: bool = False) -> bytes:
+    """An unmasked, final RFC 6455 text frame, ready to write to a server socket. Uncompressed, the same
+    bytes suit every connection; `compressed` (RSV1, RFC 7692) marks a payload deflated for one."""
+    first = 0xC1 if compressed else 0x81
     length = len(payload)
     if length < 126:
-        header = bytes((0x81, length))
+        header = bytes((first, length))
     elif length < 1 << 16:
-        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+        header = bytes((first, 126)) + length.to_bytes(2, "big")
     else:
-        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+        header = bytes((first, 127)) + length.to_bytes(8, "big")
     return header + payload
 
 

@@ -1,202 +1,43 @@
-"""The hub owns connections: who wants what, a bounded outgoing queue each, one heartbeat, and stats.
+"""The hub fans events out: who wants what, one pump that delivers in bounded slices, heartbeat, stats.
 
-Transports (the WebSocket and SSE handlers) hand the hub a `Transport`; the hub hands back a
-`Connection` and from then on writes to it. Every event is encoded once per transport (the bytes live on
-the `Event`) and the same bytes are queued for every matching connection. Queued bytes are flushed in one
-write per connection per IOLoop turn.
+Every event is encoded once per transport (the bytes live on the `Event`) and the same bytes are queued
+for every matching connection, found through a `SubscriptionIndex`. Delivery runs in a pump that works for
+at most one slice of time per loop turn (offering events, then writing each dirty connection's queue in
+one piece) and then yields, so heartbeats, handshakes and publishes are served during a burst, and events
+that arrive while a round of writes is under way join the next write to each connection.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from .brokers import Broker
+from .connection import Connection, QueueLimits, Transport
 from .events import Event, EventFilter, EventTypeRegistry, control_message, utc_now_iso
+from .subscriptions import SubscriptionIndex
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_SECONDS = 30.0
-DEFAULT_QUEUE_MAX_MESSAGES = 1_000
-DEFAULT_QUEUE_MAX_BYTES = 4 * 1024 * 1024
-SLOW_CONSUMER_CLOSE_CODE = 4008
+DEFAULT_SLICE_MS = 5.0
+DEFAULT_BACKLOG_EVENTS = 10_000
 GOING_AWAY_CLOSE_CODE = 1001
-
-
-class Transport(Protocol):
-    """What the hub needs from a wire protocol handler."""
-
-    name: str   # "websocket" or "sse"
-
-    def event_frame(self, event: Event) -> bytes:
-        """The event's bytes for this protocol (one of the `Event`'s cached frames)."""
-
-    def control_frame(self, kind: str, payload: bytes) -> bytes:
-        """A control message (`payload` is its JSON) framed for this protocol."""
-
-    def send(self, data: bytes) -> asyncio.Future[Any] | None:
-        """Write already framed bytes to the connection's IOStream. The future is done as soon as the
-        kernel has taken them (at once, for a client that keeps up); None when the stream is closed."""
-
-    def close_connection(self, code: int, reason: str) -> None:
-        """End the connection: a WebSocket closes with `code`; an SSE stream just ends."""
+CLOCK_CHECK_EVERY = 64   # offers between looks at the clock; an offer costs about a microsecond
 
 
 @dataclass(frozen=True, slots=True)
-class QueueLimits:
-    """Per connection: queued plus in-flight messages and bytes beyond which it is a slow consumer."""
+class PumpLimits:
+    """How long one loop turn may spend delivering, and how many events may wait for delivery."""
 
-    max_messages: int = DEFAULT_QUEUE_MAX_MESSAGES
-    max_bytes: int = DEFAULT_QUEUE_MAX_BYTES
-
-
-class Connection:
-    """One subscriber's filter and outgoing queue. Small on purpose: there may be thousands."""
-
-    __slots__ = ("id", "transport", "filter", "_hub", "_queue", "_queued_bytes", "_inflight",
-                 "_inflight_bytes", "_inflight_messages", "_held", "_last_position", "closed")
-
-    def __init__(self, hub: Hub, connection_id: str, transport: Transport, event_filter: EventFilter):
-        self.id = connection_id
-        self.transport = transport
-        self.filter = event_filter
-        self._hub = hub
-        self._queue: list[bytes] = []
-        self._queued_bytes = 0
-        self._inflight: collections.deque[tuple[asyncio.Future[Any], int, int]] = collections.deque()
-        self._inflight_bytes = 0   # written to the stream, not yet taken by the kernel
-        self._inflight_messages = 0
-        self._held: list[Event] | None = None   # live events kept back while a resume replays history
-        self._last_position: Any = None          # of the last event sent, to drop replay duplicates
-        self.closed = False
-
-    @property
-    def pending_messages(self) -> int:
-        """Messages queued here or still in the stream's buffer: what the client has not yet taken."""
-        self._settle()
-        return len(self._queue) + self._inflight_messages
-
-    @property
-    def pending_bytes(self) -> int:
-        self._settle()
-        return self._queued_bytes + self._inflight_bytes
-
-    def send_control(self, kind: str, **fields: Any) -> None:
-        self.enqueue(self.transport.control_frame(kind, control_message(kind, **fields)))
-
-    def offer(self, event: Event) -> None:
-        """A live event that matches this connection's filter."""
-        if self._held is not None:
-            self._held.append(event)
-            if len(self._held) > self._hub.limits.max_messages:
-                self._overflow()
-        elif self._last_position is None or event.position > self._last_position:
-            self._last_position = event.position
-            self.enqueue(self.transport.event_frame(event))
-
-    def enqueue(self, frame: bytes) -> None:
-        """Queue framed bytes; a connection over its limits is closed as a slow consumer."""
-        if self.closed:
-            return
-        if self._would_overflow(len(frame)):
-            self.flush()   # a burst within one loop turn: let the socket take what it can first
-            if self._would_overflow(len(frame)):
-                self._overflow()
-                return
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
-        self._hub.schedule_flush(self)
-
-    def _would_overflow(self, size: int) -> bool:
-        limits = self._hub.limits
-        return (self.pending_messages + 1 > limits.max_messages
-                or self.pending_bytes + size > limits.max_bytes)
-
-    def _overflow(self) -> None:
-        log.warning("connection %s (%s) is a slow consumer: %d messages, %d bytes pending; closing",
-                    self.id, self.transport.name, self.pending_messages, self.pending_bytes)
-        self._hub.stats.slow_consumer_closes += 1
-        self.discard_queue()
-        self.transport.close_connection(SLOW_CONSUMER_CLOSE_CODE, "slow consumer")
-        self._hub.disconnect(self)
-
-    def discard_queue(self) -> None:
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._held = None
-
-    def flush(self) -> None:
-        if self.closed or not self._queue:
-            return
-        data = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
-        count = len(self._queue)
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._write(data, count)
-
-    def _write(self, data: bytes, count: int) -> asyncio.Future[Any] | None:
-        future = self.transport.send(data)
-        if future is None:
-            return None
-        self._inflight_bytes += len(data)
-        self._inflight_messages += count
-        self._hub.stats.messages_sent += count
-        self._hub.stats.bytes_sent += len(data)
-        self._inflight.append((future, len(data), count))
-        return future
-
-    def _settle(self) -> None:
-        """Forget writes the kernel has taken. Stream writes complete in order, so only the oldest
-        can be done."""
-        while self._inflight and self._inflight[0][0].done():
-            future, size, count = self._inflight.popleft()
-            self._inflight_bytes -= size
-            self._inflight_messages -= count
-            if not future.cancelled():
-                future.exception()   # a closed stream is reported by the transport's close, not here
-
-    async def replay(self, events: list[Event]) -> None:
-        """Write history events in slices of at most half the queue's bounds, waiting for each slice to
-        drain, then release the live events that arrived meanwhile, minus those already replayed.
-
-        Half, so that heartbeats and replies queued while a slice is in flight still fit."""
-        max_bytes = self._hub.limits.max_bytes // 2
-        max_messages = max(1, self._hub.limits.max_messages // 2)
-        index = 0
-        while index < len(events):
-            if self.closed:
-                return
-            self.flush()   # anything queued before (the confirmation) goes first
-            frames: list[bytes] = []
-            size = 0
-            while index < len(events) and len(frames) < max_messages and (
-                    not frames or size + len(self.transport.event_frame(events[index])) <= max_bytes):
-                frames.append(self.transport.event_frame(events[index]))
-                size += len(frames[-1])
-                index += 1
-            self._last_position = events[index - 1].position
-            future = self._write(b"".join(frames), len(frames))
-            if future is not None:
-                try:
-                    await future
-                except Exception:   # the stream closed under us; the transport's close cleans up
-                    return
-        self._hub.stats.replayed_events += len(events)
-        self.release_held()
-
-    def hold_live_events(self) -> None:
-        self._held = []
-
-    def release_held(self) -> None:
-        held, self._held = self._held or [], None
-        for event in held:
-            self.offer(event)
+    slice_seconds: float = DEFAULT_SLICE_MS / 1000
+    backlog_events: int = DEFAULT_BACKLOG_EVENTS
 
 
 @dataclass(slots=True)
@@ -207,6 +48,7 @@ class HubStats:
     connections_closed: int = 0
     events_received: int = 0
     messages_sent: int = 0
+    writes: int = 0              # messages_sent / writes is how well queued messages were coalesced
     bytes_sent: int = 0
     slow_consumer_closes: int = 0
     resumes_recovered: int = 0
@@ -220,17 +62,21 @@ class Hub:
 
     def __init__(self, broker: Broker, registry: EventTypeRegistry, *,
                  heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
-                 limits: QueueLimits = QueueLimits()) -> None:
+                 limits: QueueLimits = QueueLimits(), pump: PumpLimits = PumpLimits()) -> None:
         if heartbeat_seconds <= 0:
             raise ValueError("heartbeat interval must be positive")
         self.broker = broker
         self.registry = registry
         self.heartbeat_seconds = heartbeat_seconds
         self.limits = limits
+        self.pump_limits = pump
         self.stats = HubStats()
         self._connections: dict[str, Connection] = {}
-        self._dirty: dict[Connection, None] = {}   # insertion-ordered set of connections to flush
-        self._flush_scheduled = False
+        self._index: SubscriptionIndex[Connection] = SubscriptionIndex()
+        self._backlog: collections.deque[Event] = collections.deque()   # received, not yet offered
+        self._offering: tuple[Event, list[Connection], int] | None = None   # an event offered in part
+        self._dirty: collections.deque[Connection] = collections.deque()   # connections to flush
+        self._pump_scheduled = False
         self._ids = itertools.count(1)
         self._heartbeat: PeriodicCallback | None = None
         self._remove_listener: Callable[[], None] | None = None
@@ -253,12 +99,15 @@ class Hub:
         if self._remove_listener is not None:
             self._remove_listener()
             self._remove_listener = None
+        self._backlog.clear()
+        self._offering = None
 
     # --- connections ---------------------------------------------------------------------------
 
     def connect(self, transport: Transport, event_filter: EventFilter = EventFilter()) -> Connection:
         connection = Connection(self, f"{transport.name[:2]}-{next(self._ids)}", transport, event_filter)
         self._connections[connection.id] = connection
+        self._index.add(connection, event_filter)
         self.stats.connections_opened += 1
         return connection
 
@@ -268,8 +117,15 @@ class Hub:
         connection.closed = True
         connection.discard_queue()
         self._connections.pop(connection.id, None)
-        self._dirty.pop(connection, None)
+        self._index.remove(connection, connection.filter)
         self.stats.connections_closed += 1
+
+    def set_filter(self, connection: Connection, event_filter: EventFilter) -> None:
+        """Change what a connection receives from the next event offered on."""
+        if not connection.closed:
+            self._index.remove(connection, connection.filter)
+            self._index.add(connection, event_filter)
+        connection.filter = event_filter
 
     async def subscribe(self, connection: Connection, event_filter: EventFilter,
                         last_event_id: str | None,
@@ -280,7 +136,7 @@ class Hub:
         during the read is lost; the replay sets the last position sent, so nothing is sent twice.
         `confirm(recovered, replayed)` queues the transport's acknowledgement ahead of the replay.
         """
-        connection.filter = event_filter
+        self.set_filter(connection, event_filter)
         if last_event_id is None:
             confirm(True, 0)
             return
@@ -302,21 +158,58 @@ class Hub:
 
     def _on_event(self, event: Event) -> None:
         self.stats.events_received += 1
-        for connection in tuple(self._connections.values()):
-            if connection.filter.matches(event):
-                connection.offer(event)
+        if len(self._backlog) >= self.pump_limits.backlog_events:
+            self._offer_backlog(deadline=None)   # over the bound: catch up now rather than grow
+        self._backlog.append(event)
+        self._schedule_pump()
 
     def schedule_flush(self, connection: Connection) -> None:
-        self._dirty[connection] = None
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            IOLoop.current().add_callback(self._flush_all)
+        connection.flush_pending = True
+        self._dirty.append(connection)
+        self._schedule_pump()
 
-    def _flush_all(self) -> None:
-        self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, {}
-        for connection in dirty:
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            IOLoop.current().add_callback(self._pump)
+
+    def _pump(self) -> None:
+        """One slice of delivery: offer waiting events, then write queued bytes, until the slice is used
+        up; then yield to the loop and come back for the rest."""
+        self._pump_scheduled = False
+        deadline = time.perf_counter() + self.pump_limits.slice_seconds
+        if self._offer_backlog(deadline):
+            self._flush_dirty(deadline)
+        if self._backlog or self._offering is not None or self._dirty:
+            self._schedule_pump()
+
+    def _offer_backlog(self, deadline: float | None) -> bool:
+        """Offer waiting events to the connections that match; False if the deadline came first."""
+        clock = time.perf_counter
+        while self._offering is not None or self._backlog:
+            if self._offering is None:
+                event = self._backlog.popleft()
+                self._offering = (event, self._index.matching(event), 0)
+            event, targets, start = self._offering
+            stop = len(targets)
+            for position in range(start, stop):
+                targets[position].offer(event)
+                if deadline is not None and position % CLOCK_CHECK_EVERY == 0 and clock() > deadline:
+                    self._offering = (event, targets, position + 1) if position + 1 < stop else None
+                    return False
+            self._offering = None
+        return True
+
+    def _flush_dirty(self, deadline: float) -> None:
+        """Write each dirty connection's queue in one piece, oldest first, until the deadline."""
+        dirty = self._dirty
+        clock = time.perf_counter
+        while dirty:
+            connection = dirty.popleft()
+            connection.flush_pending = False
             connection.flush()
+            if clock() > deadline:
+                return
 
     def send_heartbeats(self) -> None:
         self.stats.heartbeats += 1

@@ -13,7 +13,8 @@ from .brokers import Broker
 from .brokers.memory import MemoryBroker
 from .config import Settings
 from .events import EventTypeRegistry, parse_extra_event_type
-from .hub import Hub, QueueLimits
+from .connection import QueueLimits
+from .hub import Hub, PumpLimits
 from .project import Project, ProjectCatalog, ProjectSources, source_options
 from .sources import SourceContext
 
@@ -27,7 +28,8 @@ class RealtimeService:
         self.registry = EventTypeRegistry(parse_extra_event_type(spec) for spec in settings.event_types)
         self.broker = broker or MemoryBroker(settings.history)
         self.hub = Hub(self.broker, self.registry, heartbeat_seconds=settings.heartbeat,
-                       limits=QueueLimits(settings.queue_max_messages, settings.queue_max_bytes))
+                       limits=QueueLimits(settings.queue_max_messages, settings.queue_max_bytes),
+                       pump=PumpLimits(settings.fanout_slice_ms / 1000, settings.fanout_backlog))
         self.projects = ProjectCatalog(Project(spec.id, spec.path) for spec in settings.projects)
         self.sources: list[ProjectSources] = []
         if run_sources:

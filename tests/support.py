@@ -46,10 +46,11 @@ class WsClient:
 
     @classmethod
     async def open(cls, port: int, *, headers: dict[str, str] | None = None,
-                   path: str = "/api/v1/dashboard/ws") -> WsClient:
+                   path: str = "/api/v1/dashboard/ws",
+                   compression_options: dict[str, Any] | None = None) -> WsClient:
+        """`compression_options={}` asks the server for permessage-deflate."""
         request = HTTPRequest(f"ws://127.0.0.1:{port}{path}", headers=headers or {})
-        client = cls(await websocket_connect(request))
-        return client
+        return cls(await websocket_connect(request, compression_options=compression_options))
 
     @classmethod
     async def connected(cls, port: int, **kwargs: Any) -> tuple[WsClient, dict[str, Any]]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tornado.iostream import StreamClosedError
-
 from ..events import Event, sse_frame, utc_now_iso
-from ..hub import Connection
+from ..connection import Connection
 from .base import ApiError, JsonHandler
+from .writes import write_frames
 from .websocket import MAX_EVENT_ID_LENGTH, PROTOCOL_VERSION
 
 
@@ -83,17 +82,13 @@ class EventStreamHandler(JsonHandler):
         return sse_frame(payload, name=kind)
 
     def send(self, data: bytes) -> Any:
-        """Straight to the IOStream, so the future settles as soon as the kernel takes the bytes (the
-        hub's queue bound relies on that); tornado's `finish` still writes the last chunk after these."""
-        stream = self.request.connection.stream
-        if self._finished or stream.closed():
+        """Straight to the IOStream, so the hub learns when the kernel has taken the bytes (its queue
+        bound relies on that); tornado's `finish` still writes the last chunk after these."""
+        if self._finished:
             return None
         if self._chunked:
             data = b"%x\r\n" % len(data) + data + b"\r\n"
-        try:
-            return stream.write(data)
-        except StreamClosedError:
-            return None
+        return write_frames(self.request.connection.stream, data)
 
     def close_connection(self, code: int, reason: str) -> None:
         """The stream ends; the browser's EventSource reconnects with `Last-Event-ID` by itself."""

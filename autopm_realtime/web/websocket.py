@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
 from ..events import (PROJECT_ID_PATTERN, Event, EventFilter, EventTypeRegistry, EventValidationError,
                       loads, utc_now_iso, websocket_text_frame)
-from ..hub import Connection
+from ..connection import Connection
 from ..service import RealtimeService
 from .security import OriginPolicy
+from .writes import write_frames
 
 PROTOCOL_VERSION = 1
 MAX_EVENT_ID_LENGTH = 128
@@ -113,13 +113,15 @@ def _last_event_id(message: dict[str, Any]) -> str | None:
 class EventWebSocketHandler(WebSocketHandler):
     """`/api/v1/dashboard/ws`. It is the hub's `Transport` for its own connection.
 
-    Events are written as pre-built frames straight to the stream: compression is never negotiated
-    (`get_compression_options` returns None), so the same bytes are valid for every connection.
+    Events are written as pre-built frames straight to the stream, the same bytes for every connection.
+    permessage-deflate is negotiated only with `--websocket-compression`: a compressed connection then
+    gets its own frames, deflated with the context it negotiated, which costs CPU per delivery.
     """
 
     name = "websocket"
     service: RealtimeService
     connection: Connection | None = None
+    _compressor: Any = None
 
     def initialize(self, service: RealtimeService) -> None:
         self.service = service
@@ -128,13 +130,15 @@ class EventWebSocketHandler(WebSocketHandler):
     def check_origin(self, origin: str) -> bool:
         return super().check_origin(origin) or self.origin_policy.allows(origin)
 
-    def get_compression_options(self) -> None:
-        return None
+    def get_compression_options(self) -> dict[str, Any] | None:
+        return {} if self.service.settings.websocket_compression else None
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         # The hub already coalesces each loop turn's messages into one write; Nagle's algorithm would
         # only add a delayed-ACK stall (~40 ms) to every small message.
         self.set_nodelay(True)
+        # The compressor tornado set up from the negotiated permessage-deflate parameters, if any.
+        self._compressor = getattr(self.ws_connection, "_compressor", None)
         hub = self.service.hub
         # A WebSocket receives nothing until it subscribes.
         self.connection = hub.connect(self, EventFilter(types=frozenset()))
@@ -163,7 +167,7 @@ class EventWebSocketHandler(WebSocketHandler):
             await self._subscribe(connection, parsed)
         else:
             names = self.service.registry.names
-            connection.filter = connection.filter.without(parsed.event_types, names)
+            self.service.hub.set_filter(connection, connection.filter.without(parsed.event_types, names))
             connection.send_control("unsubscription_confirmed",
                                     event_types=connection.filter.describe_types(names))
 
@@ -184,7 +188,9 @@ class EventWebSocketHandler(WebSocketHandler):
     # --- Transport -------------------------------------------------------------------------------
 
     def event_frame(self, event: Event) -> bytes:
-        return event.ws_frame
+        if self._compressor is None:
+            return event.ws_frame
+        return websocket_text_frame(self._compressor.compress(event.json), compressed=True)
 
     def control_frame(self, kind: str, payload: bytes) -> bytes:
         return websocket_text_frame(payload)
@@ -193,10 +199,7 @@ class EventWebSocketHandler(WebSocketHandler):
         protocol = self.ws_connection
         if protocol is None or protocol.is_closing():
             return None
-        try:
-            return protocol.stream.write(data)
-        except StreamClosedError:
-            return None
+        return write_frames(protocol.stream, data)
 
     def close_connection(self, code: int, reason: str) -> None:
         self.close(code, reason)
