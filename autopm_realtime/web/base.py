@@ -8,7 +8,7 @@ from tornado import web
 
 from ..events import PROJECT_ID_PATTERN, EventFilter, EventValidationError, dumps, loads
 from ..service import RealtimeService
-from .security import OriginPolicy
+from .security import OriginPolicy, origin_policy
 
 
 class ApiError(web.HTTPError):
@@ -32,7 +32,7 @@ class JsonHandler(web.RequestHandler):
 
     def initialize(self, service: RealtimeService) -> None:
         self.service = service
-        self.origin_policy = OriginPolicy(service.settings.cors_origins)
+        self.origin_policy = origin_policy(service.settings.cors_origins)
 
     def compute_etag(self) -> None:
         """No ETag: these answers change with every event, and they are sent with no-store."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 from typing import Iterable
 from urllib.parse import urlsplit
@@ -25,6 +26,12 @@ class OriginPolicy:
     def is_same_origin(origin: str, host: str | None) -> bool:
         """The browser's origin names the host the request was sent to (as tornado's check does)."""
         return bool(host) and urlsplit(origin).netloc.lower() == (host or "").lower()
+
+
+@functools.lru_cache(maxsize=8)
+def origin_policy(allowed: tuple[str, ...]) -> OriginPolicy:
+    """One shared policy per setting, not one per request: a server may hold 10,000 connections."""
+    return OriginPolicy(allowed)
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -16,7 +16,7 @@ from ..events import (PROJECT_ID_PATTERN, Event, EventFilter, EventTypeRegistry,
                       loads, utc_now_iso, websocket_text_frame)
 from ..connection import Connection
 from ..service import RealtimeService
-from .security import OriginPolicy
+from .security import origin_policy
 from .writes import write_frames
 
 PROTOCOL_VERSION = 1
@@ -125,7 +125,7 @@ class EventWebSocketHandler(WebSocketHandler):
 
     def initialize(self, service: RealtimeService) -> None:
         self.service = service
-        self.origin_policy = OriginPolicy(service.settings.cors_origins)
+        self.origin_policy = origin_policy(service.settings.cors_origins)
 
     def check_origin(self, origin: str) -> bool:
         return super().check_origin(origin) or self.origin_policy.allows(origin)
