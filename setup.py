@@ -27,9 +27,11 @@ setup(
         "tornado>=6.4,<7",
         "watchdog>=7.1,<8",   # watcher.py hooks watchdog 7's inotify classes to notice queue overflows
         "dulwich>=1.2,<2",
+        "PyJWT[crypto]>=2.10,<3",   # 2.10: InvalidSubjectError/InvalidJTIError, which auth.py names
+        "prometheus-client>=0.20",
     ],
     extras_require={
-        "redis": ["redis>=5.0"],
+        "redis": ["redis>=5.0.1"],   # 5.0.1: Redis.aclose()
         "jupyter": JUPYTER,
         "test": [
             "pytest>=8,<10",
@@ -38,6 +40,9 @@ setup(
             *JUPYTER,   # tests/test_jupyter_ext.py runs a real `jupyter server`
             "nbclient>=0.7", "nbformat>=5.1",   # tests/test_notebooks.py executes the notebooks
             "playwright>=1.40",   # tests/test_dashboard.py drives Debian's chromium (see .ci/run)
+            "redis>=5.0.1",       # the Redis broker's tests run against a real Redis (see .ci/run)
+            "hypothesis>=6.100",  # the fuzz and index property tests
+            "psutil>=5.9",        # memory of server processes in the fault tests
         ],
     },
     entry_points={"console_scripts": ["autopm-realtime=autopm_realtime.cli:main"]},

@@ -7,10 +7,13 @@ the handlers never know which one is running.
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..events import Event, EventDraft, EventFilter
+
+log = logging.getLogger(__name__)
 
 Listener = Callable[[Event], None]
 
@@ -46,8 +49,12 @@ class Broker(abc.ABC):
         return lambda: self._listeners.remove(listener)
 
     def _deliver(self, event: Event) -> None:
+        """Every listener gets every event: one that raises is logged and the others still run."""
         for listener in tuple(self._listeners):
-            listener(event)
+            try:
+                listener(event)
+            except Exception:
+                log.exception("a listener failed on %r", event)
 
     async def start(self) -> None:
         """Connect to whatever backs the broker; the memory broker has nothing to do."""
