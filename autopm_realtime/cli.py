@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time event hub for a software project (WebSocket + SSE). "
                     "With no command, serves the current directory on 127.0.0.1:8000.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{serve,tail,publish}")
+    commands = parser.add_subparsers(dest="command", metavar="{serve,tail,publish,token}")
 
     serve = commands.add_parser("serve", help="run the server (the default command)")
     add_serve_arguments(serve)
@@ -54,6 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the project the event belongs to (required)")
     publish.add_argument("--data", default="{}", help="the event's data as a JSON object [default: {}]")
     publish.add_argument("--token", help="publish token (Authorization: Bearer) [default: none]")
+
+    token = commands.add_parser("token", help="mint a JWT for a user, a dashboard or a test")
+    key = token.add_mutually_exclusive_group(required=True)
+    key.add_argument("--secret", help="the server's --jwt-secret (HS256)")
+    key.add_argument("--private-key", metavar="PEM_FILE",
+                     help="the private key whose public half is the server's --jwt-public-key")
+    token.add_argument("--project", action="append", default=None,
+                       help="a project the token may see (repeatable; '*' for all) [default: *]")
+    token.add_argument("--event-type", action="append", default=None,
+                       help="an event type the token may see (repeatable) [default: all]")
+    token.add_argument("--publish", action="store_true", help="allow publishing [default: no]")
+    token.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 2d [default: %(default)s]")
+    token.add_argument("--subject", help="the token's 'sub' (rate limits count per subject)")
+    token.add_argument("--audience", help="the 'aud' claim (the server's --jwt-audience)")
+    token.add_argument("--issuer", help="the 'iss' claim (the server's --jwt-issuer)")
     return parser
 
 
@@ -66,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_tail(args)
     if args.command == "publish":
         return run_publish(args)
+    if args.command == "token":
+        return run_token(args)
     return run_serve(args)
 
 
@@ -79,6 +96,10 @@ def run_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1:
+        from .workers import run_workers, serve_one_worker
+
+        return run_workers(settings, serve_one_worker)
     from .server import serve
 
     try:
@@ -87,6 +108,28 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"autopm-realtime: cannot listen on {settings.host}:{settings.port}: {error.strerror}",
               file=sys.stderr)
         return EXIT_FAILURE
+    return 0
+
+
+# --- token ------------------------------------------------------------------------------------
+
+def run_token(args: argparse.Namespace) -> int:
+    """Print a signed token; every refusal (bad TTL, key or project id) is a message and exit 2."""
+    from .auth import mint_token, parse_ttl
+
+    projects = args.project or ["*"]
+    try:
+        private_key = None
+        if args.private_key:
+            with open(args.private_key, encoding="utf-8") as pem:
+                private_key = pem.read()
+        print(mint_token(secret=args.secret, private_key=private_key,
+                         projects="*" if "*" in projects else projects, event_types=args.event_type,
+                         publish=args.publish, ttl_seconds=parse_ttl(args.ttl), subject=args.subject,
+                         audience=args.audience, issuer=args.issuer))
+    except (ValueError, OSError) as error:
+        print(f"autopm-realtime token: {error}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 

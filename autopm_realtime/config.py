@@ -8,6 +8,7 @@ environment; the environment beats the default.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -95,6 +96,30 @@ class Settings:
     max_task_files: int = 100
     max_tasks_per_file: int = 10_000
     max_task_file_bytes: int = 1024 * 1024
+    broker: str = "memory"
+    redis_prefix: str = "autopm"
+    workers: int = 1
+    worker_restarts: int = 5
+    owner_ttl: float = 10.0
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    ws_message_rate: float = 50.0
+    ws_message_burst: int = 200
+    ws_rate_violations: int = 20
+    publish_rate: float = 1000.0
+    publish_burst: int = 2000
+    rate_limit_keys: int = 10_000
+    max_connections: int = 20_000
+    max_connections_per_address: int = 0
+
+    def with_port(self, port: int) -> Settings:
+        return dataclasses.replace(self, port=port)
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.broker != "memory"
 
     def validate(self) -> Settings:
         """Refuse unsafe or impossible combinations before anything binds."""
@@ -126,12 +151,46 @@ class Settings:
             source_options(self)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        self._validate_cluster_and_auth()
         ids = [p.id for p in self.projects]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ConfigError("two --project entries share the id " + ", ".join(duplicates)
                               + "; give them distinct ids with PATH=ID")
         return self
+
+
+    def _validate_cluster_and_auth(self) -> None:
+        if self.broker != "memory" and not self.broker.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"--broker {self.broker!r}: use memory or a redis://host:port/db URL")
+        for name in ("workers", "owner_ttl", "ws_message_rate", "ws_message_burst", "ws_rate_violations",
+                     "publish_rate", "publish_burst", "rate_limit_keys", "max_connections"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("worker_restarts", "max_connections_per_address"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more")
+        if self.workers > 1 and not self.uses_redis:
+            raise ConfigError(f"--workers {self.workers} needs --broker redis://...: with the in-process "
+                              "memory broker each worker would keep its own history and its clients would "
+                              "see only the events published to that worker")
+        if self.jwt_secret and self.jwt_public_key:
+            raise ConfigError("give --jwt-secret (HS256) or --jwt-public-key (RS256/ES256), not both")
+        if self.jwt_public_key and not Path(self.jwt_public_key).is_file():
+            raise ConfigError(f"--jwt-public-key {self.jwt_public_key}: no such file (give the path of a "
+                              "PEM public key)")
+        if (self.jwt_audience or self.jwt_issuer) and not self.jwt_enabled:
+            raise ConfigError("--jwt-audience and --jwt-issuer need --jwt-secret or --jwt-public-key")
+        from .service import make_verifier   # the key's own checks, so a bad key stops start-up
+
+        try:
+            make_verifier(self)
+        except (ValueError, OSError) as error:
+            raise ConfigError(f"--jwt-secret/--jwt-public-key: {error}") from None
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key)
 
 
 def is_loopback(host: str) -> bool:
@@ -258,6 +317,31 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_task_files", "task files read per project", int),
     Option("max_tasks_per_file", "tasks read from one task file", int),
     Option("max_task_file_bytes", "largest task file read", int),
+    Option("broker", "memory (in this process) or a Redis URL such as redis://127.0.0.1:6379/0 (Redis "
+           "Streams: shared by every server process, history survives restarts of the server)"),
+    Option("redis_prefix", "prefix of every Redis key this server uses (one prefix per deployment)"),
+    Option("workers", "server processes on one port (SO_REUSEPORT); above 1 needs a Redis --broker", int),
+    Option("worker_restarts", "times a worker that died on its own is started again before the server "
+           "gives up", int),
+    Option("owner_ttl", "seconds a process holds a project's Redis lock without renewing it; the one "
+           "holding it runs the project's sources, and another takes over this long after it dies", float),
+    Option("jwt_secret", "require a JWT signed with this HS256 secret on every connection and request"),
+    Option("jwt_public_key", "require a JWT signed with the private key of this PEM public key file "
+           "(RS256 for RSA, ES256 for EC P-256)"),
+    Option("jwt_audience", "the 'aud' a JWT must carry"),
+    Option("jwt_issuer", "the 'iss' a JWT must carry"),
+    Option("ws_message_rate", "WebSocket messages per second a client may send (token bucket)", float),
+    Option("ws_message_burst", "WebSocket messages a client may send at once before the rate applies", int),
+    Option("ws_rate_violations", "messages refused with 'rate_limited' in a row before the WebSocket is "
+           "closed with 1008", int),
+    Option("publish_rate", "publish requests per second per token, or per client address without one",
+           float),
+    Option("publish_burst", "publish requests at once before the rate applies", int),
+    Option("rate_limit_keys", "tokens and addresses whose publish rate is tracked (least recently seen "
+           "are forgotten)", int),
+    Option("max_connections", "open WebSocket and SSE connections in total", int),
+    Option("max_connections_per_address", "open connections from one client address; 0: no limit "
+           "(behind a proxy every client has the proxy's address)", int),
 )
 
 

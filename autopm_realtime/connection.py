@@ -95,7 +95,11 @@ class Connection:
         self.flush()
 
     def offer(self, event: Event) -> None:
-        """A live event that matches this connection's filter."""
+        """A live event that matches this connection's filter (the index checked type and project; a
+        token's scope is checked here)."""
+        scope = self.filter.scope
+        if scope is not None and event.project_id not in scope:
+            return
         if self._held is not None:
             self._held.append(event)
             if len(self._held) > self._hub.limits.max_messages:

@@ -409,22 +409,27 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class EventFilter:
-    """What a connection or a history query wants: None means every type / every project."""
+    """What a connection or a history query wants: None means every type / every project.
+
+    `scope` is the projects a token allows (None: all); it narrows a filter that names no project
+    to those projects, and is set by the server, never by the client's request."""
 
     types: frozenset[str] | None = None
     project_id: str | None = None
+    scope: frozenset[str] | None = None
 
     def matches(self, event: Event) -> bool:
         return ((self.types is None or event.type in self.types)
-                and (self.project_id is None or event.project_id == self.project_id))
+                and (self.project_id is None or event.project_id == self.project_id)
+                and (self.scope is None or event.project_id in self.scope))
 
     def without(self, types: Iterable[str] | None, all_types: Iterable[str]) -> EventFilter:
         """This filter less some types (None: less all of them). An empty remainder is returned as an
         empty frozenset, which matches nothing — not as None, which would match everything."""
         if types is None:
-            return EventFilter(frozenset(), self.project_id)
+            return EventFilter(frozenset(), self.project_id, self.scope)
         current = self.types if self.types is not None else frozenset(all_types)
-        return EventFilter(current - frozenset(types), self.project_id)
+        return EventFilter(current - frozenset(types), self.project_id, self.scope)
 
     def describe_types(self, all_types: Iterable[str]) -> list[str]:
         """The types this filter admits, in registration order."""

@@ -71,6 +71,7 @@ class Hub:
         self.limits = limits
         self.pump_limits = pump
         self.stats = HubStats()
+        self.deliveries_by_type: dict[str, int] = {}   # events offered to connections, per event type
         self._connections: dict[str, Connection] = {}
         self._index: SubscriptionIndex[Connection] = SubscriptionIndex()
         self._backlog: collections.deque[Event] = collections.deque()   # received, not yet offered
@@ -189,7 +190,9 @@ class Hub:
         while self._offering is not None or self._backlog:
             if self._offering is None:
                 event = self._backlog.popleft()
-                self._offering = (event, self._index.matching(event), 0)
+                targets = self._index.matching(event)
+                self.deliveries_by_type[event.type] = self.deliveries_by_type.get(event.type, 0) + len(targets)
+                self._offering = (event, targets, 0)
             event, targets, start = self._offering
             stop = len(targets)
             for position in range(start, stop):

@@ -107,6 +107,7 @@ class ProjectSources:
     """
 
     def __init__(self, context: SourceContext, options: SourceOptions) -> None:
+        self.project_id = context.project.id
         self.sources: list[Source] = [AutoCommitter(context, options.autocommit),
                                       ProgressTracker(context, options.progress)]
         if options.watcher is not None:   # listeners first, so they hear the watcher's first events

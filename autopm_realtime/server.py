@@ -31,10 +31,11 @@ class StandaloneServer:
         self.http = make_http_server(self.service)
         self.port = settings.port
 
-    async def start(self) -> int:
-        """Start the service, then listen; returns the port (useful with port 0)."""
+    async def start(self, *, reuse_port: bool = False) -> int:
+        """Start the service, then listen; returns the port (useful with port 0). `reuse_port` lets
+        several worker processes listen on one port (workers.py)."""
         await self.service.start()
-        sockets = bind_sockets(self.settings.port, self.settings.host)
+        sockets = bind_sockets(self.settings.port, self.settings.host, reuse_port=reuse_port)
         self.http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         return self.port
@@ -47,11 +48,11 @@ class StandaloneServer:
 
 
 async def serve(settings: Settings, *, install_signal_handlers: bool = False,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM when `install_signal_handlers`)."""
     stop = stop or asyncio.Event()
     server = StandaloneServer(settings)
-    port = await server.start()
+    port = await server.start(reuse_port=reuse_port)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     projects = ", ".join(f"{p.id}={p.path}" for p in settings.projects)
     log.info("autopm-realtime serving http://%s:%d/ (projects: %s)", host, port, projects)

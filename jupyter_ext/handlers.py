@@ -112,6 +112,17 @@ class JupyterHealthHandler(JupyterAuthMixin, APIHandler, _AuthenticatedFirst, ap
         super().get()
 
 
+class JupyterMetricsHandler(JupyterAuthMixin, JupyterHandler, _AuthenticatedFirst, api.MetricsHandler):
+    """A JupyterHandler, not an APIHandler: the latter labels every answer application/json."""
+
+    options = web.RequestHandler.options   # no CORS preflight for a scrape
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        super().get()
+
+
 class JupyterEventStreamHandler(JupyterAuthMixin, APIHandler, _AuthenticatedFirst,
                                 sse.EventStreamHandler):
     @web.authenticated
@@ -176,6 +187,7 @@ JUPYTER_HANDLERS: dict[type, type] = {
     api.EventsHandler: JupyterEventsHandler,
     api.ProjectsHandler: JupyterProjectsHandler,
     api.HealthHandler: JupyterHealthHandler,
+    api.MetricsHandler: JupyterMetricsHandler,
 }
 
 

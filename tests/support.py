@@ -113,6 +113,39 @@ class WsClient:
         self.connection.close()
 
 
+class StalledTransport:
+    """A hub transport whose client takes bytes but never drains them, until the test says so: its
+    queue stays pending. (The hub's transports are the handlers; this stands in for one to make the
+    fault happen.)"""
+
+    name = "websocket"
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[bytes, asyncio.Future]] = []
+        self.closed_with: int | None = None
+
+    def event_frame(self, event):
+        return event.ws_frame
+
+    def control_frame(self, kind, payload):
+        from autopm_realtime.events import websocket_text_frame
+
+        return websocket_text_frame(payload)
+
+    def send(self, data):
+        future = asyncio.get_running_loop().create_future()
+        self.writes.append((data, future))
+        return future
+
+    def close_connection(self, code, reason):
+        self.closed_with = code
+
+    def drain(self) -> None:
+        for _, future in self.writes:
+            if not future.done():
+                future.set_result(None)
+
+
 class SseMessage(dict):
     """One parsed SSE message: `event` (None for unnamed), `id`, `data` (parsed JSON), `retry`."""
 

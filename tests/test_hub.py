@@ -7,11 +7,11 @@ import json
 import socket
 
 from autopm_realtime.brokers.memory import MemoryBroker
-from autopm_realtime.events import EventFilter, EventTypeRegistry, validate_publish, websocket_text_frame
+from autopm_realtime.events import EventFilter, EventTypeRegistry, validate_publish
 from autopm_realtime.connection import QueueLimits
 from autopm_realtime.hub import Hub
 
-from support import SseClient, WsClient, eventually, file_change, publish, with_settings
+from support import SseClient, StalledTransport, WsClient, eventually, file_change, publish, with_settings
 
 
 async def test_a_burst_is_coalesced_into_one_write_per_connection(port, http, service, monkeypatch):
@@ -53,35 +53,6 @@ async def test_slow_sse_consumer_stream_is_ended(port, http, service):
     stats = json.loads((await http.fetch(f"http://127.0.0.1:{port}/api/v1/sse/stats")).body)
     assert stats["counters"]["slow_consumer_closes"] == 1
     slow.close()
-
-
-class StalledTransport:
-    """A client whose socket takes bytes but never drains them, until the test says so."""
-
-    name = "websocket"
-
-    def __init__(self) -> None:
-        self.writes: list[tuple[bytes, asyncio.Future]] = []
-        self.closed_with: int | None = None
-
-    def event_frame(self, event):
-        return event.ws_frame
-
-    def control_frame(self, kind, payload):
-        return websocket_text_frame(payload)
-
-    def send(self, data):
-        future = asyncio.get_running_loop().create_future()
-        self.writes.append((data, future))
-        return future
-
-    def close_connection(self, code, reason):
-        self.closed_with = code
-
-    def drain(self) -> None:
-        for _, future in self.writes:
-            if not future.done():
-                future.set_result(None)
 
 
 async def test_replay_larger_than_the_queue_bound_is_paced_not_closed():

@@ -257,6 +257,9 @@ async def test_every_endpoint_answers_with_a_token(jupyter):
     assert body["api/v1/health"]["status"] == "ok"
     assert body["api/v1/health"]["broker"]["kind"] == "memory"
     assert answers["api/v1/health"].headers["Cache-Control"] == "no-store"
+    metrics = await fetch(jupyter.url + "metrics", headers=auth)
+    assert metrics.code == 200 and metrics.headers["Content-Type"].startswith("text/plain")
+    assert b'autopm_broker_up{kind="memory"} 1.0' in metrics.body
 
 
 async def test_a_publish_reaches_both_transports_and_history(jupyter):
@@ -317,7 +320,7 @@ async def test_the_python_client_resumes_with_a_token_on_both_transports(jupyter
 # --- without a token, nothing ---------------------------------------------------------------------
 
 async def test_without_a_token_every_endpoint_is_403_with_no_login_redirect(jupyter):
-    for path in (*ENDPOINTS, "api/v1/sse/events"):
+    for path in (*ENDPOINTS, "api/v1/sse/events", "metrics"):
         response = await fetch(jupyter.url + path)
         assert response.code == 403, (path, response.code, response.headers.get("Location"))
         assert json.loads(response.body)["error"]["status"] == 403

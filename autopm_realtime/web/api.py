@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -10,8 +11,11 @@ from tornado import web
 from .. import __version__
 from ..brokers import BrokerUnavailableError
 from ..events import EventTooLargeError, EventValidationError, validate_publish
+from .access import TOKEN_CHALLENGE
 from .base import ApiError, JsonHandler
-from .security import bearer_token, token_matches
+from ..auth import ScopeError, bearer_token
+from ..metrics import render
+from .security import token_matches
 from .websocket import MAX_EVENT_ID_LENGTH
 
 DEFAULT_HISTORY_LIMIT = 100
@@ -30,15 +34,28 @@ class EventsHandler(JsonHandler):
     _too_large = False
 
     def prepare(self) -> None:
-        super().prepare()
         self._body = bytearray()
-        if self.request.method != "POST":
-            return
         settings = self.service.settings
-        if settings.publish_token and not token_matches(
-                settings.publish_token, bearer_token(self.request.headers.get("Authorization"))):
+        given = bearer_token(self.request.headers.get("Authorization"))
+        if self.request.method != "POST":
+            super().prepare()
+            return
+        if settings.publish_token and token_matches(settings.publish_token, given):
+            self._allow_origin()   # the static publish token is enough; no JWT needed
+            limit_key = "publish-token"
+        elif settings.publish_token and not settings.jwt_enabled:
             raise ApiError(401, "publishing needs 'Authorization: Bearer <publish token>'",
-                           headers={"WWW-Authenticate": 'Bearer realm="autopm-realtime"'})
+                           headers=TOKEN_CHALLENGE)
+        else:
+            super().prepare()
+            if self.claims is not None and not self.claims.publish:
+                raise ApiError(403, "this token does not allow publishing")
+            limit_key = (f"sub:{self.claims.subject}" if self.claims and self.claims.subject
+                         else f"address:{self.request.remote_ip}")
+        if not self.service.publish_buckets.take(limit_key):
+            wait = self.service.publish_buckets.retry_after(limit_key)
+            raise ApiError(429, f"too many publish requests; retry in {wait:.2f} s",
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise ApiError(415, "publish with 'Content-Type: application/json'")
@@ -72,6 +89,11 @@ class EventsHandler(JsonHandler):
                 status = 413 if isinstance(error, EventTooLargeError) else 400
                 where = {"index": index} if isinstance(body, list) else {}
                 raise ApiError(status, str(error), **where) from None
+            if self.claims is not None:
+                try:
+                    self.claims.check_publish(drafts[-1].project_id, drafts[-1].type)
+                except ScopeError as error:
+                    raise ApiError(403, error.reason, **where) from None
         try:
             events = await self.service.broker.publish(drafts)
         except BrokerUnavailableError as error:
@@ -83,7 +105,7 @@ class EventsHandler(JsonHandler):
         self.write_json(reply, status=202)
 
     async def get(self) -> None:
-        event_filter = self.filter_from_query()
+        event_filter = self.scoped_filter_from_query()
         limit_text = self.get_query_argument("limit", str(DEFAULT_HISTORY_LIMIT))
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_HISTORY_LIMIT:
             raise ApiError(400, f"limit must be a whole number from 1 to {MAX_HISTORY_LIMIT}")
@@ -109,21 +131,40 @@ class StatsHandler(JsonHandler):
 
 class ProjectsHandler(JsonHandler):
     def get(self) -> None:
-        self.write_json({"projects": self.service.projects.describe()})
+        projects = self.service.projects.describe()
+        if self.claims is not None:
+            projects = [p for p in projects if self.claims.allows_project(p["id"])]
+        self.write_json({"projects": projects})
 
 
 class HealthHandler(JsonHandler):
-    """200 while the broker accepts events, 503 when it does not (so a load balancer can tell)."""
+    """200 while the broker accepts events, 503 when it does not (so a load balancer can tell). Open
+    without a token, so that load balancers can probe it."""
+
+    requires_token = False
 
     def get(self) -> None:
         broker = self.service.broker.health()
         healthy = broker.get("state") == "ok"
         self.write_json({"status": "ok" if healthy else "degraded", "version": __version__,
                          "uptime_seconds": round(time.time() - self.service.started_at, 3),
-                         "connections": len(self.service.hub.connections()), "broker": broker},
+                         "connections": len(self.service.hub.connections()), "broker": broker,
+                         "sources": {p.project_id: self.service.owns_sources(p.project_id)
+                                     for p in self.service.sources}},
                         status=200 if healthy else 503)
 
 
+class MetricsHandler(JsonHandler):
+    """`GET /metrics` in the Prometheus text format (OpenMetrics when the scraper asks for it)."""
+
+    def get(self) -> None:
+        body, content_type = render(self.service.metrics.registry, self.request.headers.get("Accept"))
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
 class NotFoundHandler(JsonHandler):
+    requires_token = False
+
     def prepare(self) -> None:
         raise ApiError(404, f"no such endpoint: {self.request.path}")

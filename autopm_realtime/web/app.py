@@ -7,7 +7,8 @@ from typing import Any
 from tornado import web
 
 from ..service import RealtimeService
-from .api import EventsHandler, HealthHandler, NotFoundHandler, ProjectsHandler, StatsHandler
+from .api import (EventsHandler, HealthHandler, MetricsHandler, NotFoundHandler, ProjectsHandler,
+                  StatsHandler)
 from .page import DashboardPageHandler
 from .sse import EventStreamHandler
 from .websocket import EventWebSocketHandler
@@ -26,6 +27,7 @@ def routes(service: RealtimeService, prefix: str = "/") -> list[tuple[str, type,
         (base + "/api/v1/events", EventsHandler, kwargs),
         (base + "/api/v1/projects", ProjectsHandler, kwargs),
         (base + "/api/v1/health", HealthHandler, kwargs),
+        (base + "/metrics", MetricsHandler, kwargs),
     ]
 
 

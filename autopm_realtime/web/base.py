@@ -6,8 +6,10 @@ from typing import Any
 
 from tornado import web
 
+from ..auth import Claims, ScopeError, TokenError
 from ..events import PROJECT_ID_PATTERN, EventFilter, EventValidationError, dumps, loads
 from ..service import RealtimeService
+from .access import TOKEN_CHALLENGE, authenticate, scoped
 from .security import OriginPolicy, origin_policy
 
 
@@ -25,10 +27,15 @@ class ApiError(web.HTTPError):
 
 
 class JsonHandler(web.RequestHandler):
-    """Base for the HTTP API: errors are `{"error": {"status", "reason", ...}}`, never HTML."""
+    """Base for the HTTP API: errors are `{"error": {"status", "reason", ...}}`, never HTML.
+
+    With JWT auth on, `prepare` verifies the caller's token (401 without a valid one) unless the handler
+    sets `requires_token = False`; `claims` then says what it may see."""
 
     service: RealtimeService
     origin_policy: OriginPolicy
+    requires_token = True
+    claims: Claims | None = None
 
     def initialize(self, service: RealtimeService) -> None:
         self.service = service
@@ -44,6 +51,21 @@ class JsonHandler(web.RequestHandler):
 
     def prepare(self) -> None:
         self._allow_origin()
+        if self.requires_token and self.request.method != "OPTIONS":   # preflights carry no credentials
+            self.claims = self.verified_claims()
+
+    def verified_claims(self) -> Claims | None:
+        try:
+            return authenticate(self, self.service)
+        except TokenError as error:
+            raise ApiError(401, error.reason, headers=TOKEN_CHALLENGE) from None
+
+    def scoped_filter_from_query(self) -> EventFilter:
+        """The query's filter within the token's scope; asking for more is a 403."""
+        try:
+            return scoped(self.filter_from_query(), self.claims)
+        except ScopeError as error:
+            raise ApiError(403, error.reason) from None
 
     def _allow_origin(self) -> None:
         """CORS headers for an allowed cross-origin caller (set again on errors, which clear them)."""

@@ -33,6 +33,7 @@ def dashboard_page() -> bytes:
 
 
 class DashboardPageHandler(JsonHandler):
+    requires_token = False   # the page holds no data; its requests carry the `?token=` it was opened with
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish(dashboard_page())

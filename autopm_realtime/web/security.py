@@ -34,13 +34,6 @@ def origin_policy(allowed: tuple[str, ...]) -> OriginPolicy:
     return OriginPolicy(allowed)
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
 def token_matches(expected: str, given: str | None) -> bool:
     """Constant-time comparison, so response timing does not reveal the token a byte at a time."""
     return given is not None and hmac.compare_digest(expected.encode(), given.encode())

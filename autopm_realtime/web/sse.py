@@ -11,6 +11,7 @@ from typing import Any
 
 from ..events import Event, sse_frame, utc_now_iso
 from ..connection import Connection
+from .access import Admission
 from .base import ApiError, JsonHandler
 from .writes import write_frames
 from .websocket import MAX_EVENT_ID_LENGTH, PROTOCOL_VERSION
@@ -22,9 +23,15 @@ class EventStreamHandler(JsonHandler):
     name = "sse"
     connection: Connection | None = None
 
+    admission: Admission | None = None
+
     async def get(self) -> None:
-        event_filter = self.filter_from_query()
+        event_filter = self.scoped_filter_from_query()
         last_event_id = self._last_event_id()
+        admission = Admission.admit(self.service, self.request.remote_ip or "", self.claims, self._end)
+        if isinstance(admission, str):
+            raise ApiError(503, admission, headers={"Retry-After": "5"})
+        self.admission = admission   # the stream ends when the token expires
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
@@ -69,6 +76,8 @@ class EventStreamHandler(JsonHandler):
     def _end(self) -> None:
         if self.connection is not None:
             self.service.hub.disconnect(self.connection)
+        if self.admission is not None:
+            self.admission.end()
         ended = getattr(self, "_ended", None)
         if ended is not None and not ended.done():
             ended.set_result(None)

@@ -12,14 +12,19 @@ from typing import Any
 
 from tornado.websocket import WebSocketHandler
 
-from ..events import (PROJECT_ID_PATTERN, Event, EventFilter, EventTypeRegistry, EventValidationError,
+from ..auth import Claims, ScopeError, TokenError
+from ..events import (PROJECT_ID_PATTERN, Event, EventFilter, EventTypeRegistry, EventValidationError, dumps,
                       loads, utc_now_iso, websocket_text_frame)
 from ..connection import Connection
 from ..service import RealtimeService
+from ..ratelimit import Verdict
+from .access import EXPIRED_CLOSE_CODE, TOKEN_CHALLENGE, Admission, authenticate, scoped
 from .security import origin_policy
 from .writes import write_frames
 
 PROTOCOL_VERSION = 1
+POLICY_VIOLATION_CLOSE_CODE = 1008
+TRY_AGAIN_LATER_CLOSE_CODE = 1013
 MAX_EVENT_ID_LENGTH = 128
 
 
@@ -121,11 +126,26 @@ class EventWebSocketHandler(WebSocketHandler):
     name = "websocket"
     service: RealtimeService
     connection: Connection | None = None
+    claims: Claims | None = None
     _compressor: Any = None
+    admission: Admission | None = None
 
     def initialize(self, service: RealtimeService) -> None:
         self.service = service
         self.origin_policy = origin_policy(service.settings.cors_origins)
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Check the token before the upgrade, so a refusal is a plain 401 with a JSON reason."""
+        try:
+            self.claims = authenticate(self, self.service)
+        except TokenError as error:
+            self.set_status(401)
+            for name, value in TOKEN_CHALLENGE.items():
+                self.set_header(name, value)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(dumps({"error": {"status": 401, "reason": error.reason}}))
+            return
+        await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
         return super().check_origin(origin) or self.origin_policy.allows(origin)
@@ -137,6 +157,13 @@ class EventWebSocketHandler(WebSocketHandler):
         # The hub already coalesces each loop turn's messages into one write; Nagle's algorithm would
         # only add a delayed-ACK stall (~40 ms) to every small message.
         self.set_nodelay(True)
+        admission = Admission.admit(self.service, self.request.remote_ip or "", self.claims,
+                                    lambda: self.close(EXPIRED_CLOSE_CODE, "token expired"))
+        if isinstance(admission, str):
+            self.close(TRY_AGAIN_LATER_CLOSE_CODE, admission)
+            return
+        self.admission = admission
+        self.rate_guard = self.service.message_rate_guard()
         # The compressor tornado set up from the negotiated permessage-deflate parameters, if any.
         self._compressor = getattr(self.ws_connection, "_compressor", None)
         hub = self.service.hub
@@ -152,6 +179,15 @@ class EventWebSocketHandler(WebSocketHandler):
         before the next subscribe replaces its filter."""
         connection = self.connection
         if connection is None or connection.closed:
+            return
+        verdict = self.rate_guard.check()
+        if verdict is Verdict.CLOSE:
+            self.close(POLICY_VIOLATION_CLOSE_CODE, "rate limit exceeded")
+            return
+        if verdict is Verdict.REJECT:
+            connection.send_control("error", code="rate_limited",
+                                    message="too many messages; slow down",
+                                    retry_after=round(self.rate_guard.retry_after(), 3))
             return
         try:
             parsed = parse_client_message(message, self.service.registry)
@@ -173,17 +209,24 @@ class EventWebSocketHandler(WebSocketHandler):
 
     async def _subscribe(self, connection: Connection, request: Subscribe) -> None:
         names = self.service.registry.names
+        try:
+            event_filter = scoped(request.filter, self.claims)
+        except ScopeError as error:
+            connection.send_control("error", code="forbidden", message=error.reason)
+            return
 
         def confirm(recovered: bool, replayed: int) -> None:
             connection.send_control(
-                "subscription_confirmed", event_types=request.filter.describe_types(names),
+                "subscription_confirmed", event_types=event_filter.describe_types(names),
                 project_id=request.filter.project_id, recovered=recovered, replayed=replayed)
 
-        await self.service.hub.subscribe(connection, request.filter, request.last_event_id, confirm)
+        await self.service.hub.subscribe(connection, event_filter, request.last_event_id, confirm)
 
     def on_close(self) -> None:
         if self.connection is not None:
             self.service.hub.disconnect(self.connection)
+        if self.admission is not None:
+            self.admission.end()
 
     # --- Transport -------------------------------------------------------------------------------
 
