@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from .brokers import Broker
+from .brokers import Broker, BrokerUnavailableError, HistoryPage
 from .connection import Connection, QueueLimits, Transport
 from .events import Event, EventFilter, EventTypeRegistry, control_message, utc_now_iso
 from .subscriptions import SubscriptionIndex
@@ -142,7 +142,12 @@ class Hub:
             confirm(True, 0)
             return
         connection.hold_live_events()
-        page = await self.broker.history(last_event_id, event_filter, limit=None)
+        try:
+            page = await self.broker.history(last_event_id, event_filter, limit=None)
+        except BrokerUnavailableError as error:
+            # The resume cannot be served now; say so, as for an unknown id, and go on live.
+            log.warning("resume of %s after %s not served: %s", connection.id, last_event_id, error)
+            page = HistoryPage((), recovered=False)
         if connection.closed:
             return
         if page.recovered:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 
 import pytest
@@ -343,3 +344,12 @@ async def test_configured_origin_gets_cors_headers(port, http):
     assert refused.headers["Access-Control-Allow-Origin"] == "https://dash.example.com"
     sse = await http.fetch(url(port, "/api/v1/sse/stats"), headers={"Origin": "https://other.example"})
     assert "Access-Control-Allow-Origin" not in sse.headers
+
+
+async def test_a_query_token_is_redacted_in_the_access_log(port, http, caplog):
+    """Tokens travel in query strings for browsers; they must not land in access logs."""
+    with caplog.at_level(logging.INFO, logger="tornado.access"):
+        await http.fetch(f"http://127.0.0.1:{port}/api/v1/events?token=s3cr3t-value&limit=1")
+    [line] = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
+    assert "s3cr3t-value" not in line
+    assert "/api/v1/events?token=[redacted]&limit=1" in line and line.startswith("200 GET")

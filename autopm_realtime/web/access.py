@@ -8,6 +8,8 @@ and the page itself must carry a valid token, as `Authorization: Bearer`, a `tok
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -22,6 +24,20 @@ if TYPE_CHECKING:
     from ..service import RealtimeService
 
 TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="autopm-realtime"'}
+QUERY_TOKEN = re.compile(r"([?&]token=)[^&]*")
+access_log = logging.getLogger("tornado.access")
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Tornado's access line, with the value of a `token` query argument replaced: access logs are
+    read by more people than tokens should be."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if access_log.isEnabledFor(level):
+        request = handler.request
+        uri = QUERY_TOKEN.sub(r"\1[redacted]", request.uri or "")
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, uri, request.remote_ip,
+                       1000 * request.request_time())
 
 
 def authenticate(handler: RequestHandler, service: RealtimeService) -> Claims | None:

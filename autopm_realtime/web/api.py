@@ -112,7 +112,10 @@ class EventsHandler(JsonHandler):
         since = self.get_query_argument("since", "") or None
         if since is not None and len(since) > MAX_EVENT_ID_LENGTH:
             raise ApiError(400, f"since is longer than {MAX_EVENT_ID_LENGTH} characters")
-        page = await self.service.broker.history(since, event_filter, int(limit_text))
+        try:
+            page = await self.service.broker.history(since, event_filter, int(limit_text))
+        except BrokerUnavailableError as error:
+            raise ApiError(503, f"the broker cannot read history right now: {error}") from None
         self.write_json({"events": [event.envelope() for event in page.events],
                          "recovered": page.recovered,
                          "last_event_id": page.events[-1].id if page.events else since})

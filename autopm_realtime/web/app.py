@@ -9,6 +9,7 @@ from tornado import web
 from ..service import RealtimeService
 from .api import (EventsHandler, HealthHandler, MetricsHandler, NotFoundHandler, ProjectsHandler,
                   StatsHandler)
+from .access import log_request
 from .page import DashboardPageHandler
 from .sse import EventStreamHandler
 from .websocket import EventWebSocketHandler
@@ -37,5 +38,6 @@ def make_app(service: RealtimeService, **tornado_settings: Any) -> web.Applicati
         default_handler_class=NotFoundHandler,
         default_handler_args={"service": service},
         websocket_max_message_size=service.settings.max_message_bytes,
+        log_function=log_request,
         **tornado_settings,
     )
