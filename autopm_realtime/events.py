@@ -15,8 +15,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 
-PROJECT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# \Z, not $: `$` also matches before a final newline, which would let "my-project\n" through `.match`.
+PROJECT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+EVENT_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 
 CHANGE_TYPES = ("created", "modified", "deleted", "moved")
 COMMIT_EVENTS = ("start", "result", "error")
@@ -52,7 +53,8 @@ def loads(text: str | bytes) -> Any:
     Infinity, numbers too large for a float, lone surrogates and nesting deeper than MAX_JSON_DEPTH
     are refused with ValueError."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                           parse_int=_float_sized_int)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     _check_encodable(value)
@@ -67,6 +69,17 @@ def _finite_float(text: str) -> float:
     number = float(text)
     if not math.isfinite(number):
         raise ValueError(f"{text} is too large for a number")
+    return number
+
+
+def _float_sized_int(text: str) -> int:
+    """Integers must fit a float too: JavaScript clients read every number as one, and range checks
+    compare with floats."""
+    number = int(text)
+    try:
+        float(number)
+    except OverflowError:
+        raise ValueError(f"{text[:20]}... is too large for a number") from None
     return number
 
 

@@ -78,6 +78,7 @@ class Hub:
         self._offering: tuple[Event, list[Connection], int] | None = None   # an event offered in part
         self._dirty: collections.deque[Connection] = collections.deque()   # connections to flush
         self._pump_scheduled = False
+        self._writes_overdue = False   # the last slice ran out while offering, before any write
         self._ids = itertools.count(1)
         self._heartbeat: PeriodicCallback | None = None
         self._remove_listener: Callable[[], None] | None = None
@@ -181,11 +182,21 @@ class Hub:
 
     def _pump(self) -> None:
         """One slice of delivery: offer waiting events, then write queued bytes, until the slice is used
-        up; then yield to the loop and come back for the rest."""
+        up; then yield to the loop and come back for the rest.
+
+        Writes wait until every waiting event is offered, so that a batch goes out in one write per
+        connection. When offering alone used up the last slice (events arrive faster than they can be
+        offered), this slice writes first, for half of it: under overload deliveries keep flowing
+        instead of waiting for the queues to fill."""
         self._pump_scheduled = False
-        deadline = time.perf_counter() + self.pump_limits.slice_seconds
-        if self._offer_backlog(deadline):
+        started = time.perf_counter()
+        deadline = started + self.pump_limits.slice_seconds
+        if self._writes_overdue:
+            self._flush_dirty(started + self.pump_limits.slice_seconds / 2)
+        offered_all = self._offer_backlog(deadline)
+        if offered_all:
             self._flush_dirty(deadline)
+        self._writes_overdue = not offered_all
         if self._backlog or self._offering is not None or self._dirty:
             self._schedule_pump()
 

@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                     Metric)
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -259,9 +259,8 @@ def _gauge_by(name: str, documentation: str, label: str, values: dict[str, int])
 
 
 def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
-    """The exposition body and its Content-Type. Prometheus text format, or OpenMetrics when `accept`
-    (the request's Accept header) asks for it."""
-    if accept:
-        encoder, content_type = choose_encoder(accept)
-        return encoder(registry), content_type
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    """The exposition body and its Content-Type: the classic text format 0.0.4, which every scraper
+    reads, whatever the installed prometheus-client's latest is; OpenMetrics when `accept` (the request's
+    Accept header) asks for it."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type

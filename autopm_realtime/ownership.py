@@ -20,6 +20,8 @@ from typing import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .brokers.redis import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 DEFAULT_OWNER_TTL_SECONDS = 10.0
@@ -58,11 +60,7 @@ class SourceOwnership:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)   # not just cancel(): see cancel_and_wait
             self._task = None
         if self.owner:
             await self._give_up()

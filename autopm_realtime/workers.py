@@ -22,6 +22,7 @@ from .config import Settings
 
 log = logging.getLogger("autopm_realtime")
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 RESTART_DELAY_SECONDS = 1.0   # between a worker's death and its replacement, so a crash loop is slow
 
 
@@ -35,17 +36,22 @@ def run_workers(settings: Settings, serve_worker: Callable[[Settings, int], int]
     stopping = False
 
     def start(index: int) -> None:
+        # Signals wait while forking: a worker must not run the parent's handler before it has its own,
+        # and the parent must know the new pid before it forwards a stop.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:   # the worker
             reservation.close()
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             code = 1
             try:
                 code = serve_worker(worker_settings, index)
             finally:
                 os._exit(code)
         children[pid] = index
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -53,7 +59,7 @@ def run_workers(settings: Settings, serve_worker: Callable[[Settings, int], int]
         for pid in children:
             _signal(pid, signal.SIGTERM)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, forward)
     for index in range(settings.workers):
         start(index)
@@ -80,7 +86,8 @@ def run_workers(settings: Settings, serve_worker: Callable[[Settings, int], int]
             continue
         restarts += 1
         time.sleep(RESTART_DELAY_SECONDS)
-        start(index)
+        if not stopping:   # a SIGTERM/SIGINT during the delay: no new worker that nobody would stop
+            start(index)
     reservation.close()
     return 1 if failed else 0
 

@@ -382,3 +382,139 @@ class Process:
         except BaseException:
             process.stop()
             raise
+
+
+# --- a second in-process server, for settings a test builds itself --------------------------------
+
+@contextlib.asynccontextmanager
+async def serving(settings):
+    """An in-process server (as the `port` fixture's, without sources) for `settings` built in the test
+    itself, e.g. with a key file written to tmp_path; yields (service, port)."""
+    from tornado.netutil import bind_sockets
+
+    from autopm_realtime.server import make_http_server
+    from autopm_realtime.service import RealtimeService
+
+    service = RealtimeService(settings.validate(), run_sources=False)
+    await service.start()
+    server = make_http_server(service)
+    sockets = bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    try:
+        yield service, sockets[0].getsockname()[1]
+    finally:
+        server.stop()
+        await service.stop()
+        await server.close_all_connections()
+
+
+def serve_quietly(*args: str, log_level: str = "warning", **kwargs: Any) -> tuple[Process, int]:
+    """`serve` on a free port with a quiet log (so its stderr holds only warnings and errors), once
+    `/api/v1/health` answers: (process, port). `Process.serve` needs the info-level "serving" line."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    process = Process("serve", "--port", str(port), "--log-level", log_level, *args, **kwargs)
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=1) as answer:
+                if answer.status == 200:
+                    return process, port
+        except OSError:
+            pass
+        if process.popen.poll() is not None or time.monotonic() > deadline:
+            process.stop()
+            raise AssertionError(f"the server did not answer on port {port} within {WAIT} s "
+                                 f"(exit status {process.popen.poll()})")
+        time.sleep(0.05)
+
+
+def drain_lines(lines: queue.Queue[str | None]) -> list[str]:
+    """The lines a `Process` pipe has collected so far (without waiting for more)."""
+    collected = []
+    while True:
+        try:
+            line = lines.get_nowait()
+        except queue.Empty:
+            return collected
+        if line is not None:
+            collected.append(line)
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident set size, from /proc/<pid>/status."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+SCRATCH_REDIS_PASSWORD = "s3cret-pw"   # of the scratch servers, so tests can check that it never shows
+
+
+def redis_answers(url: str) -> bool:
+    """Whether a Redis answers PING at `url` within half a second (False without redis-py)."""
+    try:
+        import redis
+    except ImportError:
+        return False
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+class ScratchRedis:
+    """A redis-server of the test's own on a free port, to kill and restart (never the machine's).
+
+    `appendonly`: an append-only file fsynced on every write, so a SIGKILL loses nothing acknowledged."""
+
+    def __init__(self, directory: Path, *, appendonly: bool) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://:{SCRATCH_REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
+        self.appendonly = appendonly
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
+                       else ["--appendonly", "no"])
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--save", "", "--requirepass", SCRATCH_REDIS_PASSWORD,
+             "--logfile", str(self.directory / "redis.log"), *persistence],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def ready(self) -> None:
+        await eventually(lambda: redis_answers(self.url))
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing is saved on the way down."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+# --- Prometheus --------------------------------------------------------------------------------
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of an exposition, by (name, labels); a series twice is an error."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in values, f"duplicate series {key}"
+            values[key] = sample.value
+    return values

@@ -7,15 +7,13 @@ import asyncio
 import os
 import secrets
 import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from autopm_realtime.brokers import BrokerUnavailableError
 from autopm_realtime.events import EventFilter, EventTypeRegistry, validate_publish
-from support import eventually, free_port, require
+from support import SCRATCH_REDIS_PASSWORD, ScratchRedis, eventually, redis_answers, require
 
 try:
     import redis
@@ -26,7 +24,7 @@ except ImportError:   # the [redis] extra brings redis-py; require() below turns
 
 REDIS_URL = os.environ.get("AUTOPM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REGISTRY = EventTypeRegistry()
-PASSWORD = "s3cret-pw"   # of the scratch servers, to check that it never shows
+PASSWORD = SCRATCH_REDIS_PASSWORD
 
 
 def drafts(count: int, project: str = "p", start: int = 0):
@@ -39,16 +37,6 @@ def paths(events) -> list[str]:
     return [e.data["file_path"] for e in events]
 
 
-def answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    try:
-        return client.ping()
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
 @pytest.fixture(scope="module")
 def redis_py() -> None:
     require(redis is not None, "the Redis broker needs redis-py: pip install -e '.[redis]'")
@@ -56,7 +44,7 @@ def redis_py() -> None:
 
 @pytest.fixture(scope="module")
 def redis_url(redis_py) -> str:
-    require(answers(REDIS_URL), f"no Redis answers at {REDIS_URL} (set AUTOPM_TEST_REDIS_URL)")
+    require(redis_answers(REDIS_URL), f"no Redis answers at {REDIS_URL} (set AUTOPM_TEST_REDIS_URL)")
     return REDIS_URL
 
 
@@ -219,35 +207,6 @@ def test_urls_are_shown_without_password(redis_py):
 
 
 # --- outages, with a scratch redis-server ------------------------------------------------------
-
-class ScratchRedis:
-    """A redis-server of the test's own on a free port, data (if any) in a temporary directory."""
-
-    def __init__(self, directory: Path, *, appendonly: bool) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
-        self.appendonly = appendonly
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
-                       else ["--appendonly", "no"])
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--requirepass", PASSWORD, "--logfile", str(self.directory / "redis.log"),
-             *persistence], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    async def ready(self) -> None:
-        await eventually(lambda: answers(self.url))
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, nothing is saved on the way down."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
 
 @pytest.fixture
 def scratch_redis(tmp_path, redis_py):

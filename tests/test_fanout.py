@@ -84,7 +84,7 @@ def raw_subscribers():
         subscriber.close()
 
 
-@with_settings(queue_max_messages=100)
+@with_settings(queue_max_messages=100, fanout_slice_ms=10_000.0)   # one slice: no write waits for the clock
 async def test_a_publish_to_a_thousand_connections_is_bounded_work(port, http, service, monkeypatch,
                                                                      raw_subscribers):
     """One encode of each kind per event, one offer per matching connection and none for the others,

@@ -9,7 +9,7 @@ import socket
 from autopm_realtime.brokers.memory import MemoryBroker
 from autopm_realtime.events import EventFilter, EventTypeRegistry, validate_publish
 from autopm_realtime.connection import QueueLimits
-from autopm_realtime.hub import Hub
+from autopm_realtime.hub import Hub, PumpLimits
 
 from support import SseClient, StalledTransport, WsClient, eventually, file_change, publish, with_settings
 
@@ -107,3 +107,25 @@ async def test_bursts_beyond_the_queue_bound_do_not_close_a_reader_that_keeps_up
     by_ws, by_sse = await reading
     assert len(by_ws) == len(by_sse) == 3000
     assert service.hub.stats.slow_consumer_closes == 0
+
+
+async def test_under_overload_writes_do_not_wait_for_the_backlog_to_empty():
+    """Events arriving faster than they can be offered must not hold every write back until the queues
+    fill: once offering has used up a slice, the next slice writes first."""
+    broker = MemoryBroker()
+    hub = Hub(broker, EventTypeRegistry(), pump=PumpLimits(slice_seconds=1e-6))   # a few offers a slice
+    hub.start()
+    waiting_at_write = []
+
+    class Recording(StalledTransport):
+        def send(self, data):
+            waiting_at_write.append(len(hub._backlog) + (hub._offering is not None))
+            return None   # the kernel took it all
+
+    for _ in range(50):
+        hub.connect(Recording())
+    registry = EventTypeRegistry()
+    await broker.publish([validate_publish(file_change(f"{i}.py"), registry) for i in range(40)])
+    await eventually(lambda: hub.stats.messages_sent == 40 * 50)
+    hub.stop()
+    assert waiting_at_write[0] > 0, "the first write waited until every event had been offered"

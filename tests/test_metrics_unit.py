@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.parser import text_string_to_metric_families
 
 from autopm_realtime.brokers.memory import MemoryBroker
 from autopm_realtime.events import EventFilter, EventTypeRegistry, validate_publish
@@ -14,19 +12,13 @@ from autopm_realtime.hub import Hub
 from autopm_realtime.metrics import ServerMetrics, render
 from autopm_realtime.ratelimit import ConnectionLimiter, KeyedBuckets, MessageRateGuard, RateLimitStats
 
-from support import SseClient, StalledTransport, WsClient, eventually, file_change, risk
+from support import SseClient, StalledTransport, WsClient, eventually, file_change, parse_metrics, risk
 
 
 def scrape(metrics: ServerMetrics) -> dict[tuple[str, frozenset], float]:
     body, content_type = render(metrics.registry)
-    assert content_type == CONTENT_TYPE_LATEST
-    values = {}
-    for family in text_string_to_metric_families(body.decode("utf-8")):
-        for sample in family.samples:
-            key = (sample.name, frozenset(sample.labels.items()))
-            assert key not in values, f"duplicate series {key}"
-            values[key] = sample.value
-    return values
+    assert content_type.startswith("text/plain; version=0.0.4")
+    return parse_metrics(body.decode("utf-8"))
 
 
 def value(values: dict, name: str, **labels: str) -> float:

@@ -68,7 +68,8 @@ class MemoryBroker(Broker):
 
     def _sequence_of(self, event_id: str) -> int | None:
         epoch, _, sequence = event_id.partition("-")
-        if epoch != self.epoch or not sequence.isdigit():
+        # Only ids this broker could have issued: ASCII digits ("²".isdigit() is true), no leading zero.
+        if epoch != self.epoch or not (sequence.isascii() and sequence.isdigit()) or sequence.startswith("0"):
             return None
         return int(sequence)
 

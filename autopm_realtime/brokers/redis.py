@@ -56,6 +56,20 @@ def parse_stream_id(text: str) -> tuple[int, int] | None:
     return (ms, seq) if ms <= MAX_ID_PART and seq <= MAX_ID_PART else None
 
 
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel a task that loops over Redis commands and wait until it has ended.
+
+    One `cancel()` is not enough on Python 3.11: redis-py wraps every socket write in
+    `asyncio.wait_for`, which returns normally instead of raising CancelledError when the cancel lands
+    just as the write completes (CPython gh-86296, fixed in 3.12). The loop then goes on and a plain
+    `cancel(); await task` never returns, so a server would hang on SIGTERM. Cancel until it ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    if not task.cancelled():
+        task.result()   # an error it ended with is raised here, as `await task` would
+
+
 class RedisBroker(Broker):
     """Events live in the stream `<prefix>:events`; an event's id is its stream id (`<ms>-<seq>`).
 
@@ -125,11 +139,7 @@ class RedisBroker(Broker):
 
     async def stop(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._reader)
             self._reader = None
         self._connected = False
         await self._reader_client.aclose()

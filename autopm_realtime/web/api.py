@@ -83,11 +83,11 @@ class EventsHandler(JsonHandler):
                                 f"{settings.max_publish_events}")
         drafts = []
         for index, item in enumerate(items):
+            where = {"index": index} if isinstance(body, list) else {}
             try:
                 drafts.append(validate_publish(item, self.service.registry, settings.max_event_bytes))
             except EventValidationError as error:
                 status = 413 if isinstance(error, EventTooLargeError) else 400
-                where = {"index": index} if isinstance(body, list) else {}
                 raise ApiError(status, str(error), **where) from None
             if self.claims is not None:
                 try:

@@ -53,8 +53,9 @@ class EventStreamHandler(JsonHandler):
 
         def confirm(recovered: bool, replayed: int) -> None:
             if not recovered:
-                connection.send_control("reset", reason="the last event id is unknown or older than "
-                                        "the history kept; resuming with live events only",
+                connection.send_control("reset", reason="the last event id is unknown, older than the "
+                                        "history kept, or history cannot be read right now; resuming "
+                                        "with live events only",
                                         last_event_id=last_event_id)
 
         await hub.subscribe(connection, event_filter, last_event_id, confirm)
