@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from support import ROOT, Process, file_change, free_port, progress, require, risk
+from support import ROOT, Process, file_change, free_port, progress, redis_answers, require, risk
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -54,10 +55,11 @@ def browser():
 
 
 class Server:
-    """One `serve` subprocess; `restart()` brings it back on the same port (a new, empty memory broker)."""
+    """One `serve` subprocess; `restart()` brings it back on the same port (with the memory broker, a new
+    and empty one; with `--broker redis://...`, the same history)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.args = ("--project", f"{directory}={PROJECT}", "--no-watch", "--auto-commit", "off")
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.args = ("--project", f"{directory}={PROJECT}", "--no-watch", "--auto-commit", "off", *extra)
         self.process, self.url = Process.serve(*self.args)
         self.port = int(self.url.rstrip("/").rsplit(":", 1)[1])
 
@@ -233,6 +235,56 @@ def test_reconnects_after_a_server_restart_on_the_same_port(server, watched):
     assert watched.page_errors == [], watched.page_errors
     assert watched.dialogs == [], watched.dialogs
     # (Console errors are expected here: Chromium logs the refused connections while the server is down.)
+
+
+@pytest.fixture
+def redis_servers(tmp_path):
+    """`redis_servers()`: a server on the Redis broker, all on one key prefix of this test alone; the
+    prefix's keys are deleted afterwards (never a FLUSHDB)."""
+    url = os.environ.get("AUTOPM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    require(redis_answers(url), f"no Redis answers at {url} (set AUTOPM_TEST_REDIS_URL)")
+    prefix = f"autopm-dashboard-{os.getpid()}-{secrets.token_hex(4)}"
+    started: list[Server] = []
+
+    def start() -> Server:
+        started.append(Server(tmp_path, "--broker", url, "--redis-prefix", prefix))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.delete(*client.keys(f"{prefix}:*") or [f"{prefix}:events"])
+    client.close()
+
+
+def test_events_published_while_its_server_was_down_appear_once_after_the_restart(redis_servers, watched):
+    """On a broker that keeps events (Redis), a restarted server serves the page's resume: what another
+    server published meanwhile shows up, once, and so does nothing already shown."""
+    server, other = redis_servers(), redis_servers()
+    watched.connected(server)
+    server.publish(file_change("before.py", project=PROJECT))
+    expect(watched.testid("file-change-list")).to_contain_text("before.py")
+
+    server.stop()
+    expect(watched.testid("connection-state")).to_have_text("reconnecting")
+    other.publish(file_change("while-down-1.py", project=PROJECT), file_change("while-down-2.py", project=PROJECT),
+                  progress(42.5, 4, 10, project=PROJECT))
+    server.restart()
+    expect(watched.testid("connection-state")).to_have_text("websocket", timeout=20_000)
+
+    listing = watched.testid("file-change-list")
+    expect(listing).to_contain_text("while-down-2.py")
+    expect(watched.testid("progress-percentage")).to_have_text("42.5%")
+    server.publish(file_change("after.py", project=PROJECT))
+    expect(listing).to_contain_text("after.py")
+    for name in ("before.py", "while-down-1.py", "while-down-2.py", "after.py"):
+        expect(listing.get_by_text(name, exact=False)).to_have_count(1)
+    expect(watched.testid("file-change-count")).to_have_text("4")
+    assert watched.page_errors == [], watched.page_errors
+    assert watched.dialogs == [], watched.dialogs
 
 
 def test_falls_back_to_sse_when_the_websocket_is_blocked(server, context):
