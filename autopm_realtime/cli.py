@@ -115,7 +115,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_token(args: argparse.Namespace) -> int:
     """Print a signed token; every refusal (bad TTL, key or project id) is a message and exit 2."""
-    from .auth import mint_token, parse_ttl
+    from .auth import parse_ttl
+    from .tokens import mint_token
 
     projects = args.project or ["*"]
     try:

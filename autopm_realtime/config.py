@@ -69,6 +69,7 @@ class Settings:
     queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES
     fanout_slice_ms: float = DEFAULT_SLICE_MS
     fanout_backlog: int = DEFAULT_BACKLOG_EVENTS
+    write_interval_ms: float = 0.0
     sse_retry_ms: int = 3_000
     websocket_compression: bool = False
     event_types: tuple[str, ...] = ()
@@ -278,6 +279,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("websocket_compression", "offer permessage-deflate to WebSocket clients: less bandwidth, but "
            "each compressed connection's events are deflated for it alone, costing CPU per delivery",
            _boolean, switch=True),
+    Option("write_interval_ms", "at least this many milliseconds between two rounds of writes to the "
+           "connections: events published meanwhile share one write per connection, trading that much "
+           "latency for far less CPU at high event rates (0: write as soon as possible)", float),
     Option("sse_retry_ms", "the SSE 'retry:' reconnection delay sent to browsers, in milliseconds", int),
     Option("event_types", "register an extra event type, as NAME or NAME:field1,field2 naming its "
            "required data fields (repeatable; ';' between types in the environment variable)",

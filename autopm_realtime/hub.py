@@ -38,6 +38,7 @@ class PumpLimits:
 
     slice_seconds: float = DEFAULT_SLICE_MS / 1000
     backlog_events: int = DEFAULT_BACKLOG_EVENTS
+    write_interval: float = 0.0   # seconds between the starts of two rounds of writes
 
 
 @dataclass(slots=True)
@@ -79,6 +80,8 @@ class Hub:
         self._dirty: collections.deque[Connection] = collections.deque()   # connections to flush
         self._pump_scheduled = False
         self._writes_overdue = False   # the last slice ran out while offering, before any write
+        self._round_left = 0           # connections still to write in the current round
+        self._next_round_at = 0.0      # perf_counter time before which no new round of writes starts
         self._ids = itertools.count(1)
         self._heartbeat: PeriodicCallback | None = None
         self._remove_listener: Callable[[], None] | None = None
@@ -198,7 +201,12 @@ class Hub:
             self._flush_dirty(deadline)
         self._writes_overdue = not offered_all
         if self._backlog or self._offering is not None or self._dirty:
-            self._schedule_pump()
+            wait = self._next_round_at - time.perf_counter()
+            if self._round_left == 0 and not self._backlog and self._offering is None and wait > 0:
+                self._pump_scheduled = True   # the next round of writes is not due yet
+                IOLoop.current().call_later(wait, self._pump)
+            else:
+                self._schedule_pump()
 
     def _offer_backlog(self, deadline: float | None) -> bool:
         """Offer waiting events to the connections that match; False if the deadline came first."""
@@ -220,15 +228,27 @@ class Hub:
         return True
 
     def _flush_dirty(self, deadline: float) -> None:
-        """Write each dirty connection's queue in one piece, oldest first, until the deadline."""
+        """Write each dirty connection's queue in one piece, oldest first, until the deadline.
+
+        Writes go in rounds over the connections dirty when the round starts; a round starts at most
+        every `write_interval` seconds, so that with an interval events published meanwhile share a write."""
         dirty = self._dirty
         clock = time.perf_counter
-        while dirty:
+        if self._round_left == 0:
+            now = clock()
+            if now < self._next_round_at:
+                return
+            self._round_left = len(dirty)
+            self._next_round_at = now + self.pump_limits.write_interval
+        while dirty and self._round_left > 0:
+            self._round_left -= 1
             connection = dirty.popleft()
             connection.flush_pending = False
             connection.flush()
             if clock() > deadline:
                 return
+        if not dirty:
+            self._round_left = 0
 
     def send_heartbeats(self) -> None:
         self.stats.heartbeats += 1

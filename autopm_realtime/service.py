@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .auth import TokenVerifier
 from .brokers import Broker
 from .brokers.memory import MemoryBroker
 from .config import Settings
@@ -23,6 +22,7 @@ from .project import Project, ProjectCatalog, ProjectSources, source_options
 from .sources import SourceContext
 
 if TYPE_CHECKING:
+    from .tokens import TokenVerifier
     from .ownership import SourceOwnership
 
 
@@ -30,6 +30,8 @@ def make_verifier(settings: Settings) -> TokenVerifier | None:
     """The JWT verifier the settings ask for; None when auth is off. Raises ValueError on a bad key."""
     if not settings.jwt_enabled:
         return None
+    from .tokens import TokenVerifier   # PyJWT and cryptography load only when auth is on
+
     public_key = Path(settings.jwt_public_key).read_text() if settings.jwt_public_key else None
     return TokenVerifier(secret=settings.jwt_secret, public_key=public_key,
                          audience=settings.jwt_audience, issuer=settings.jwt_issuer)
@@ -60,7 +62,8 @@ class RealtimeService:
                                             settings.rate_limit_keys, stats=self.rate_stats)
         self.hub = Hub(self.broker, self.registry, heartbeat_seconds=settings.heartbeat,
                        limits=QueueLimits(settings.queue_max_messages, settings.queue_max_bytes),
-                       pump=PumpLimits(settings.fanout_slice_ms / 1000, settings.fanout_backlog))
+                       pump=PumpLimits(settings.fanout_slice_ms / 1000, settings.fanout_backlog,
+                                      settings.write_interval_ms / 1000))
         self.projects = ProjectCatalog(Project(spec.id, spec.path) for spec in settings.projects)
         self.sources: list[ProjectSources] = []
         if run_sources:

@@ -10,7 +10,11 @@ reordering falls back to looking at events one by one.
 
 What is common to WebSocket and SSE (connecting, the HTTP response head, counting, latency, completion)
 lives in `Subscriber`; a `Wire` holds only what differs: the request, the check of the response head, and
-how the body splits into complete messages.
+how the body splits into complete messages. A `mixed` client alternates the two, subscriber by subscriber.
+
+The same client measures a resume (the replay benchmark): given a last event id, a subscriber asks for
+what it missed (the WebSocket's `subscribe` carries `last_event_id`; the SSE GET carries `Last-Event-ID`),
+and the report says when that request went out.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ class Split(NamedTuple):
 class Wire(Protocol):
     """What differs between transports, for one subscriber."""
 
-    ready_type: str   # the control message after which the subscription is live
+    ready_type: str            # the control message after which the subscription is live
+    event_bytes: int | None    # the length of the first event envelope seen (the server's own encoding)
 
     def request(self, port: int) -> bytes:
         """The HTTP request that opens the stream."""
@@ -71,8 +76,10 @@ class WebSocketWire:
 
     ready_type = "subscription_confirmed"
 
-    def __init__(self) -> None:
+    def __init__(self, last_event_id: str | None) -> None:
         self._key = base64.b64encode(os.urandom(16))
+        self._last_event_id = last_event_id
+        self.event_bytes: int | None = None
 
     def request(self, port: int) -> bytes:
         return (b"GET /api/v1/dashboard/ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
@@ -110,13 +117,18 @@ class WebSocketWire:
                 return Split(bytes(buffer[:pos]), controls, stop, why)
             if not buffer.startswith(EVENT_PREFIX, pos + head):
                 controls.append(bytes(buffer[pos + head:stop]))
+            elif self.event_bytes is None:
+                self.event_bytes = length
             pos = stop
         return Split(bytes(buffer[:pos]), controls, pos, None)
 
     def on_control(self, message: dict[str, Any], subscriber: Subscriber) -> None:
         if message.get("type") == "connection_established":
-            subscriber.send(masked_text_frame(json.dumps(
-                {"type": "subscribe", "event_types": [EVENT_TYPE], "project_id": PROJECT_ID}).encode()))
+            subscribe: dict[str, Any] = {"type": "subscribe", "event_types": [EVENT_TYPE],
+                                         "project_id": PROJECT_ID}
+            if self._last_event_id is not None:
+                subscribe["last_event_id"] = self._last_event_id
+            subscriber.subscribe(masked_text_frame(json.dumps(subscribe).encode()))
 
 
 def masked_text_frame(payload: bytes) -> bytes:
@@ -133,12 +145,15 @@ class SseWire:
 
     ready_type = "connection_established"
 
-    def __init__(self) -> None:
+    def __init__(self, last_event_id: str | None) -> None:
         self._text = bytearray()   # de-chunked body not yet split into messages
+        self._resume = b"" if last_event_id is None else b"Last-Event-ID: %s\r\n" % last_event_id.encode()
+        self.event_bytes: int | None = None
 
     def request(self, port: int) -> bytes:
         return (b"GET /api/v1/sse/events?event_types=%s&project_id=%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-                b"Accept: text/event-stream\r\n\r\n" % (EVENT_TYPE.encode(), PROJECT_ID.encode(), port))
+                b"Accept: text/event-stream\r\n%s\r\n"
+                % (EVENT_TYPE.encode(), PROJECT_ID.encode(), port, self._resume))
 
     def check_head(self, status: int, headers: dict[str, str]) -> str | None:
         if status != 200:
@@ -162,6 +177,8 @@ class SseWire:
         cut = self._text.rfind(b"\n\n") + 2
         region = bytes(self._text[:cut])
         del self._text[:cut]
+        if self.event_bytes is None and (start := region.find(EVENT_PREFIX)) >= 0:
+            self.event_bytes = region.find(b"\n", start) - start   # the `data:` line holds the envelope
         return Split(region, SSE_CONTROL.findall(region), pos, ended)
 
     def on_control(self, message: dict[str, Any], subscriber: Subscriber) -> None:
@@ -169,6 +186,15 @@ class SseWire:
 
 
 WIRES: dict[str, type[WebSocketWire] | type[SseWire]] = {"ws": WebSocketWire, "sse": SseWire}
+TRANSPORTS = (*WIRES, "mixed")
+
+
+def make_wire(transport: str, index: int, last_event_id: str | None) -> Wire:
+    """`mixed` alternates by subscriber index (even: WebSocket, odd: SSE), so every client process carries
+    half of each and a server's cost per connection is the average of the two."""
+    if transport == "mixed":
+        transport = ("ws", "sse")[index % 2]
+    return WIRES[transport](last_event_id)
 
 
 @dataclass
@@ -183,6 +209,7 @@ class Tally:
     complete: int = 0
     ended: int = 0
     last_delivery_ns: int = 0
+    subscribed_ns: int = 0     # when the latest subscription request went out (what a replay is timed from)
     controls: Counter[str] = field(default_factory=Counter)
     endings: Counter[str] = field(default_factory=Counter)   # why streams ended before completion
     latencies_ns: array.array = field(default_factory=lambda: array.array("q"))
@@ -214,10 +241,12 @@ class Subscriber(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        transport.write(self.wire.request(self.port))
+        self.subscribe(self.wire.request(self.port))   # for SSE the GET is the subscription
 
-    def send(self, data: bytes) -> None:
+    def subscribe(self, data: bytes) -> None:
+        """Send a subscription request (the SSE GET, the WebSocket `subscribe`), noting when it went out."""
         if self.transport is not None:
+            self.tally.subscribed_ns = time.monotonic_ns()
             self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
@@ -312,13 +341,14 @@ class Subscriber(asyncio.Protocol):
 class ClientSpec:
     """One client process's share of the subscribers."""
 
-    transport: str             # "ws" or "sse"
+    transport: str             # "ws", "sse" or "mixed"
     port: int
     first: int                 # global index of its first subscriber
     count: int
     events: int
     latency_stride: int        # record latencies for subscribers whose index is a multiple of this
     stall_seconds: float
+    last_event_id: str | None = None   # resume after this event: the server replays what came after it
 
 
 def raise_open_files_limit(needed: int) -> None:
@@ -333,6 +363,15 @@ def cpu_times() -> tuple[float, float]:
     """This process's user and system CPU seconds so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime, usage.ru_stime
+
+
+def run_queue_seconds() -> float:
+    """How long this (single-threaded) process has been runnable but without a core: a client starved by
+    the machine's other work keeps a low CPU % and still falls behind, and this is what shows it."""
+    try:
+        return int(open("/proc/self/schedstat").read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def client_main(pipe: Connection, spec: ClientSpec) -> None:
@@ -351,8 +390,9 @@ async def _run(pipe: Connection, spec: ClientSpec) -> dict[str, Any]:
     async def open_one(index: int) -> None:
         async with gate:
             sample = index % spec.latency_stride == 0
+            wire = make_wire(spec.transport, index, spec.last_event_id)
             _, subscriber = await loop.create_connection(
-                lambda: Subscriber(WIRES[spec.transport](), spec.port, tally, sample), "127.0.0.1", spec.port)
+                lambda: Subscriber(wire, spec.port, tally, sample), "127.0.0.1", spec.port)
             subscribers.append(subscriber)
             await asyncio.wait_for(asyncio.shield(subscriber.ready), READY_TIMEOUT_SECONDS)
 
@@ -365,9 +405,9 @@ async def _run(pipe: Connection, spec: ClientSpec) -> dict[str, Any]:
 
     published = asyncio.Event()
     loop.add_reader(pipe.fileno(), lambda: (pipe.recv(), published.set()))
-    cpu_before = cpu_times()
+    cpu_before, waiting_before = cpu_times(), run_queue_seconds()
     await _wait_until_finished(tally, len(subscribers), published, spec.stall_seconds)
-    cpu_after = cpu_times()
+    cpu_after, waiting = cpu_times(), run_queue_seconds() - waiting_before
     user, system = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
     cpu_used = user + system
     loop.remove_reader(pipe.fileno())
@@ -379,7 +419,10 @@ async def _run(pipe: Connection, spec: ClientSpec) -> dict[str, Any]:
             "duplicates": tally.duplicates, "out_of_order": tally.out_of_order, "malformed": tally.malformed,
             "complete": tally.complete, "ended_early": tally.ended, "endings": dict(tally.endings),
             "controls": dict(tally.controls), "cpu_seconds": cpu_used, "cpu_user_system": [user, system],
-            "last_delivery_ns": tally.last_delivery_ns, "latencies_ns": tally.latencies_ns.tobytes()}
+            "waiting_seconds": waiting,
+            "last_delivery_ns": tally.last_delivery_ns, "subscribed_ns": tally.subscribed_ns,
+            "event_bytes": next((s.wire.event_bytes for s in subscribers if s.wire.event_bytes), None),
+            "latencies_ns": tally.latencies_ns.tobytes()}
 
 
 async def _wait_until_finished(tally: Tally, subscribers: int, published: asyncio.Event,

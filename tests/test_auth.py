@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tornado.httpclient import HTTPClientError
 
-from autopm_realtime.auth import mint_token
+from autopm_realtime.tokens import mint_token
 from autopm_realtime.config import Settings
 from support import (WAIT, SseClient, WsClient, command, environment, eventually, file_change, publish,
                      risk, serving, with_settings)

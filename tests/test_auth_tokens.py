@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from autopm_realtime.auth import (TOKEN_COOKIE, Claims, ScopeError, TokenError, TokenVerifier, mint_token,
-                                  parse_ttl, token_from_request)
+from autopm_realtime.auth import TOKEN_COOKIE, Claims, ScopeError, TokenError, parse_ttl, token_from_request
+from autopm_realtime.tokens import TokenVerifier, mint_token
 
 SECRET = "s3cret-" + "x" * 32
 OTHER_SECRET = "other-" + "y" * 32

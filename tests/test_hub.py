@@ -129,3 +129,25 @@ async def test_under_overload_writes_do_not_wait_for_the_backlog_to_empty():
     await eventually(lambda: hub.stats.messages_sent == 40 * 50)
     hub.stop()
     assert waiting_at_write[0] > 0, "the first write waited until every event had been offered"
+
+
+async def test_a_write_interval_makes_events_published_meanwhile_share_a_write():
+    broker = MemoryBroker()
+    hub = Hub(broker, EventTypeRegistry(), pump=PumpLimits(write_interval=0.2))
+    hub.start()
+    transport = StalledTransport()
+    hub.connect(transport)
+    registry = EventTypeRegistry()
+
+    async def publish_one(name: str) -> None:
+        await broker.publish([validate_publish(file_change(name), registry)])
+
+    await publish_one("first.py")
+    await eventually(lambda: len(transport.writes) == 1)   # the first round starts at once
+    await publish_one("second.py")
+    await asyncio.sleep(0.02)   # time passes between the two (without an interval, each is written alone)
+    await publish_one("third.py")
+    await eventually(lambda: len(transport.writes) == 2)
+    hub.stop()
+    assert [data.count(b'"file_change"') for data, _ in transport.writes] == [1, 2]
+    assert transport.writes[1][0].index(b"second.py") < transport.writes[1][0].index(b"third.py")

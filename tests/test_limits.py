@@ -8,7 +8,7 @@ import json
 
 from tornado.tcpclient import TCPClient
 
-from autopm_realtime.auth import mint_token
+from autopm_realtime.tokens import mint_token
 from support import SseClient, WsClient, eventually, file_change, publish, with_settings
 
 SECRET = "limits-test-secret-" + "x" * 32

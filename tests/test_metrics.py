@@ -9,7 +9,7 @@ import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from autopm_realtime.auth import mint_token
+from autopm_realtime.tokens import mint_token
 from support import (SseClient, WsClient, eventually, file_change, parse_metrics, progress, publish, risk,
                      with_settings)
 
