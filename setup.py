@@ -42,7 +42,6 @@ setup(
             "playwright>=1.40",   # tests/test_dashboard.py drives Debian's chromium (see .ci/run)
             "redis>=5.0.1",       # the Redis broker's tests run against a real Redis (see .ci/run)
             "hypothesis>=6.100",  # the fuzz and index property tests
-            "psutil>=5.9",        # memory of server processes in the fault tests
         ],
     },
     entry_points={"console_scripts": ["autopm-realtime=autopm_realtime.cli:main"]},
