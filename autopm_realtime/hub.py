@@ -26,7 +26,7 @@ from .subscriptions import SubscriptionIndex
 log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_SECONDS = 30.0
-DEFAULT_SLICE_MS = 5.0
+DEFAULT_SLICE_MS = 0.2
 DEFAULT_BACKLOG_EVENTS = 10_000
 GOING_AWAY_CLOSE_CODE = 1001
 CLOCK_CHECK_EVERY = 64   # offers between looks at the clock; an offer costs about a microsecond

@@ -14,6 +14,7 @@ from autopm_realtime.hub import Hub, PumpLimits
 from support import SseClient, StalledTransport, WsClient, eventually, file_change, publish, with_settings
 
 
+@with_settings(fanout_slice_ms=10_000.0)   # within one slice (tests/test_fanout.py checks the slicing)
 async def test_a_burst_is_coalesced_into_one_write_per_connection(port, http, service, monkeypatch):
     ws, _ = await WsClient.connected(port)
     await ws.subscribe(event_types=["file_change"])
