@@ -37,17 +37,19 @@ from .handlers import jupyter_routes
 #: Where the endpoints are mounted, below the server's `base_url`.
 URL_PREFIX = "/autopm/"
 
-#: The broker URLs accepted for now (a Redis broker comes later).
+#: The in-process broker; `redis://...` (and `rediss://`, `unix://`) selects the Redis Streams broker.
 MEMORY_BROKER_URL = "memory://"
 
 TRAIT_CLASS = "AutoPMRealtime"
 
 #: Settings fields that have a trait of their own, by field name → trait name.
 TRAIT_FIELDS = {"projects": "projects", "heartbeat": "heartbeat", "history": "history",
-                "auto_commit": "auto_commit", "tasks": "tasks", "no_watch": "no_watch"}
+                "auto_commit": "auto_commit", "tasks": "tasks", "no_watch": "no_watch", "broker": "broker_url"}
 
 #: Settings fields that mean nothing inside Jupyter: Jupyter binds, authenticates, logs and does CORS.
-SERVER_FIELDS = frozenset({"host", "port", "cors_origins", "publish_token", "insecure", "log_level"})
+SERVER_FIELDS = frozenset({"host", "port", "cors_origins", "publish_token", "insecure", "log_level",
+                           "workers", "worker_restarts", "jwt_secret", "jwt_public_key", "jwt_audience",
+                           "jwt_issuer"})
 
 _OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -61,8 +63,8 @@ def build_settings(*, root_dir: str | Path, projects: Sequence[str] = (),
 
     Raises ConfigError whose message names the `AutoPMRealtime` trait to change."""
     try:
-        _check_broker_url(broker_url)
         values: dict[str, Any] = _core_values(core_settings or {})
+        values["broker"] = _broker(broker_url)
         root = Path(root_dir).expanduser().resolve()
         values.update(
             projects=tuple(_project(text, root) for text in projects) or (_default_project(root),),
@@ -74,11 +76,16 @@ def build_settings(*, root_dir: str | Path, projects: Sequence[str] = (),
         raise ConfigError(message if TRAIT_CLASS in message else f"{TRAIT_CLASS}: {message}") from None
 
 
-def _check_broker_url(url: str) -> None:
+def _broker(url: str) -> str:
+    """The core's `--broker` value for a `broker_url` trait."""
     parts = urlsplit(url.strip())
-    if parts.scheme.lower() != "memory" or parts.netloc or parts.path not in ("", "/"):
-        raise ConfigError(f"{TRAIT_CLASS}.broker_url {url!r} is not supported: only "
-                          f"{MEMORY_BROKER_URL!r} (the in-process broker) works for now")
+    scheme = parts.scheme.lower()
+    if scheme == "memory" and not parts.netloc and parts.path in ("", "/"):
+        return "memory"
+    if scheme in ("redis", "rediss", "unix"):
+        return url.strip()
+    raise ConfigError(f"{TRAIT_CLASS}.broker_url {url!r} is not supported: use {MEMORY_BROKER_URL!r} (the "
+                      "in-process broker) or a redis://host:port/db URL")
 
 
 def _core_values(core_settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,8 +152,9 @@ class AutoPMRealtime(ExtensionApp):
     heartbeat = Float(DEFAULT_HEARTBEAT_SECONDS,
                       help="Seconds between heartbeats on every connection.").tag(config=True)
     history = Integer(DEFAULT_HISTORY_SIZE, help="Events kept for history and resume.").tag(config=True)
-    broker_url = Unicode(MEMORY_BROKER_URL, help="""The broker: 'memory://' (in-process, the only one
-        for now).""").tag(config=True)
+    broker_url = Unicode(MEMORY_BROKER_URL, help="""The broker: 'memory://' (in-process) or a Redis URL
+        such as 'redis://127.0.0.1:6379/0' (Redis Streams, shared with standalone servers on the same
+        prefix; needs the [redis] extra).""").tag(config=True)
     auto_commit = Unicode("off", help="""Snapshots of the projects into git: 'off' (the default inside
         Jupyter), 'shadow' (commits on refs/autopm/autosave/<branch>, never touching your branch or
         index) or 'branch' (commits on your branch when it is safe).""").tag(config=True)

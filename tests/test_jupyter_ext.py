@@ -415,11 +415,11 @@ async def test_ctrl_c_twice_on_a_terminal_stops_cleanly(servers):
 
 
 def test_an_invalid_setting_is_a_clear_startup_error(tmp_path):
-    server = JupyterServer(tmp_path / "bad", "--AutoPMRealtime.broker_url=redis://localhost:6379",
+    server = JupyterServer(tmp_path / "bad", "--AutoPMRealtime.broker_url=kafka://localhost:9092",
                            "--ServerApp.reraise_server_extension_failures=True")
     try:
         assert server.exit_code() != 0
-        assert "AutoPMRealtime.broker_url 'redis://localhost:6379' is not supported" in server.log
+        assert "AutoPMRealtime.broker_url 'kafka://localhost:9092' is not supported" in server.log
     finally:
         server.kill()
 
@@ -508,6 +508,10 @@ def test_settings_from_the_traits(tmp_path):
     assert settings.projects == (ProjectSpec(root.resolve(), "My-Notebooks"),)   # a valid id from the name
     assert (settings.heartbeat, settings.history, settings.auto_commit, settings.cors_origins) == \
         (30.0, 10_000, "off", ())
+    assert settings.broker == "memory"
+    shared = build_settings(root_dir=root, broker_url="redis://127.0.0.1:6379/2",
+                            core_settings={"redis_prefix": "team"})
+    assert (shared.broker, shared.redis_prefix) == ("redis://127.0.0.1:6379/2", "team")
 
     settings = build_settings(root_dir=root, projects=["sub=docs", str(tmp_path)], heartbeat=5, history=50,
                               auto_commit="Shadow", tasks=["plan/*.md"], no_watch=True,
@@ -522,7 +526,9 @@ def test_settings_from_the_traits(tmp_path):
 @pytest.mark.parametrize("traits, message", [
     ({"heartbeat": 0}, "AutoPMRealtime.heartbeat must be positive"),
     ({"history": -1}, "AutoPMRealtime.history must be positive"),
-    ({"broker_url": "redis://localhost"}, "AutoPMRealtime.broker_url 'redis://localhost' is not supported"),
+    ({"broker_url": "kafka://localhost"}, "AutoPMRealtime.broker_url 'kafka://localhost' is not supported"),
+    ({"core_settings": {"jwt_secret": "x" * 40}}, "AutoPMRealtime.core_settings['jwt_secret']: Jupyter Server decides"),
+    ({"core_settings": {"broker": "redis://x"}}, "set AutoPMRealtime.broker_url instead"),
     ({"auto_commit": "sometimes"}, "auto-commit mode 'sometimes'"),
     ({"projects": ["missing"]}, "AutoPMRealtime.projects"),
     ({"core_settings": {"port": 1}}, "AutoPMRealtime.core_settings['port']: Jupyter Server decides"),
