@@ -34,7 +34,8 @@ CLOCK_CHECK_EVERY = 64   # offers between looks at the clock; an offer costs abo
 
 @dataclass(frozen=True, slots=True)
 class PumpLimits:
-    """How long one loop turn may spend delivering, and how many events may wait for delivery."""
+    """How long one loop turn may spend delivering, how many events may wait for delivery, and how
+    often a round of writes may start (0: as soon as there is something to write)."""
 
     slice_seconds: float = DEFAULT_SLICE_MS / 1000
     backlog_events: int = DEFAULT_BACKLOG_EVENTS
