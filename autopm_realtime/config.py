@@ -128,11 +128,16 @@ class Settings:
             raise ConfigError(f"--port {self.port}: must be 0-65535")
         positive = ("heartbeat", "history", "max_event_bytes", "max_message_bytes", "max_publish_bytes",
                     "max_publish_events", "queue_max_messages", "queue_max_bytes", "fanout_slice_ms",
-                    "fanout_backlog", "sse_retry_ms",
-                    "coalesce_ms", "commit_quiet", "commit_max_wait", "commit_interval")
+                    "fanout_backlog", "sse_retry_ms", "coalesce_ms", "commit_quiet", "commit_max_wait",
+                    "commit_interval", "workers", "owner_ttl", "ws_message_rate", "ws_message_burst",
+                    "ws_rate_violations", "publish_rate", "publish_burst", "rate_limit_keys",
+                    "max_connections")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("write_interval_ms", "worker_restarts", "max_connections_per_address"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more")
         if self.queue_max_bytes < 2 * self.max_event_bytes:
             raise ConfigError(f"--queue-max-bytes {self.queue_max_bytes} must be at least twice "
                               f"--max-event-bytes {self.max_event_bytes}, or one large event would close "
@@ -160,17 +165,9 @@ class Settings:
                               + "; give them distinct ids with PATH=ID")
         return self
 
-
     def _validate_cluster_and_auth(self) -> None:
         if self.broker != "memory" and not self.broker.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"--broker {self.broker!r}: use memory or a redis://host:port/db URL")
-        for name in ("workers", "owner_ttl", "ws_message_rate", "ws_message_burst", "ws_rate_violations",
-                     "publish_rate", "publish_burst", "rate_limit_keys", "max_connections"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        for name in ("worker_restarts", "max_connections_per_address"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more")
         if self.workers > 1 and not self.uses_redis:
             raise ConfigError(f"--workers {self.workers} needs --broker redis://...: with the in-process "
                               "memory broker each worker would keep its own history and its clients would "

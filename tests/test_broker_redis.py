@@ -265,6 +265,15 @@ async def test_a_broker_started_while_redis_is_down_comes_up_with_it(open_broker
     assert [e.id for e in seen] == [e.id for e in events]
 
 
+async def restart_under(broker, server) -> None:
+    """Kill the broker's Redis, wait until the broker has noticed, start it again and wait until it
+    answers (the broker's reader may still be backing off)."""
+    server.kill()
+    await eventually(lambda: broker.health()["connected"] is False)
+    server.start()
+    await server.ready()
+
+
 async def test_restart_without_persistence_delivers_everything_once(open_broker, scratch_redis):
     server = scratch_redis()
     await server.ready()
@@ -273,10 +282,7 @@ async def test_restart_without_persistence_delivers_everything_once(open_broker,
     seen = recorded(broker)
     before = await broker.publish(drafts(5))
     await eventually(lambda: len(seen) == 5)
-    server.kill()
-    await eventually(lambda: broker.health()["connected"] is False)
-    server.start()
-    await server.ready()
+    await restart_under(broker, server)
     after = await broker.publish(drafts(3, start=5))   # most likely before the reader is back
     assert after[0].position > before[-1].position   # time-based ids keep growing on an empty stream
     after += await broker.publish(drafts(2, start=8))
@@ -296,10 +302,7 @@ async def test_restart_with_appendonly_keeps_history_and_resume(open_broker, scr
     seen = recorded(broker)
     before = await broker.publish(drafts(4))
     await eventually(lambda: len(seen) == 4)
-    server.kill()
-    await eventually(lambda: broker.health()["connected"] is False)
-    server.start()
-    await server.ready()
+    await restart_under(broker, server)
     await eventually(lambda: broker.health()["state"] == "ok")
     assert broker.health()["reconnects"] >= 1
     latest = await broker.history(None, EventFilter(), None)

@@ -49,6 +49,14 @@ def test_flags_beat_environment_which_beats_defaults(tmp_path):
     (["--event-type", "heartbeat"], {}, "--event-type: invalid event type name 'heartbeat'"),
     (["--event-type", "deploy", "--event-type", "deploy"], {}, "registered twice"),
     (["--queue-max-bytes", "1000"], {}, "at least twice --max-event-bytes"),
+    (["--write-interval-ms", "-1"], {}, "--write-interval-ms must be 0 or more"),
+    (["--max-connections", "0"], {}, "--max-connections must be positive"),
+    (["--workers", "2"], {}, "--workers 2 needs --broker redis://"),
+    (["--broker", "kafka://x"], {}, "use memory or a redis://"),
+    (["--jwt-secret", "short"], {}, "below the minimum recommended length"),
+    (["--jwt-audience", "a"], {}, "need --jwt-secret or --jwt-public-key"),
+    (["--jwt-secret", "s" * 40, "--jwt-public-key", "k.pem"], {}, "not both"),
+    (["--jwt-public-key", "/no/such.pem"], {}, "no such file"),
 ])
 def test_refusals_say_what_to_change(argv, environ, fragment, tmp_path):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("-", r"\-")):
