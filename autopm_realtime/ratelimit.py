@@ -33,7 +33,6 @@ Clock = Callable[[], float]
 # `full_at + 1/rate - now`. A nanosecond is at most `rate * 1e-9` tokens of credit: nothing.
 _SLACK = 1e-9
 
-CLOSE_CODE_POLICY_VIOLATION = 1008
 TOO_MANY_CONNECTIONS = "too many connections"
 TOO_MANY_FROM_ADDRESS = "too many connections from this address"
 
