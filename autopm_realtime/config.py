@@ -85,6 +85,7 @@ class Settings:
     watch_max_pending: int = 50_000
     watch_max_queued: int = 50_000
     watch_max_restarts: int = 5
+    watch_start_timeout: float = 30.0
     commit_max_pending: int = 10_000
     commit_lock_retries: int = 5
     commit_ref_retries: int = 5
@@ -135,7 +136,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        for name in ("write_interval_ms", "worker_restarts", "max_connections_per_address"):
+        for name in ("write_interval_ms", "worker_restarts", "max_connections_per_address",
+                     "watch_start_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more")
         if self.queue_max_bytes < 2 * self.max_event_bytes:
@@ -302,6 +304,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("watch_max_queued", "file events between the watcher thread and the server before the tree "
            "is rescanned instead", int),
     Option("watch_max_restarts", "watcher crashes in a row before it gives up (the server stays up)", int),
+    Option("watch_start_timeout", "seconds `serve` waits for the watchers to watch and index their trees "
+           "before it listens, so that every change made once it answers is seen; past it, it listens "
+           "anyway and logs a warning (0: do not wait)", float),
     Option("commit_max_pending", "changed paths remembered between snapshots (more are counted only)",
            int),
     Option("commit_lock_retries", "branch mode: retries while another process holds .git/index.lock",

@@ -117,6 +117,11 @@ class ProjectSources:
         for source in self.sources:
             await source.start()
 
+    async def ready(self) -> bool:
+        """Wait until the watcher (if any) watches the tree and has indexed it; False if it gave up."""
+        watchers = [source for source in self.sources if isinstance(source, FileWatcher)]
+        return all([await watcher.ready() for watcher in watchers])
+
     async def stop(self) -> None:
         for source in reversed(self.sources):
             await source.stop()

@@ -32,9 +32,14 @@ class StandaloneServer:
         self.port = settings.port
 
     async def start(self, *, reuse_port: bool = False) -> int:
-        """Start the service, then listen; returns the port (useful with port 0). `reuse_port` lets
-        several worker processes listen on one port (workers.py)."""
+        """Start the service, wait for its file watchers, then listen; returns the port (useful with
+        port 0). `reuse_port` lets several worker processes listen on one port (workers.py)."""
         await self.service.start()
+        timeout = self.settings.watch_start_timeout
+        not_watching = await self.service.sources_ready(timeout) if timeout > 0 else []
+        if not_watching:
+            log.warning("the file watcher of %s is not watching after %g s (--watch-start-timeout): "
+                        "changes made before it does are not reported", ", ".join(not_watching), timeout)
         sockets = bind_sockets(self.settings.port, self.settings.host, reuse_port=reuse_port)
         self.http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]

@@ -6,6 +6,7 @@ on it (`web.app.routes`) and start and stop it with their server.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -102,6 +103,18 @@ class RealtimeService:
                                         sources.start, sources.stop)
             ownership.start()
             self._ownerships[sources.project_id] = ownership
+
+    async def sources_ready(self, timeout: float) -> list[str]:
+        """Wait, at most `timeout` seconds, until this process's sources watch their trees; returns the
+        projects still not watching. With a shared broker the sources start when their lock is won
+        (ownership.py), so there is nothing to wait for here."""
+        if self._ownerships or not self.sources:
+            return []
+        waits = {asyncio.ensure_future(sources.ready()): sources.project_id for sources in self.sources}
+        done, pending = await asyncio.wait(waits, timeout=timeout)
+        for wait in pending:
+            wait.cancel()   # ready() is shielded: the watcher goes on starting
+        return sorted(waits[wait] for wait in waits if wait in pending or not wait.result())
 
     def owns_sources(self, project_id: str) -> bool:
         """Whether this process runs the project's sources (always, without a shared broker)."""

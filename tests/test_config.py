@@ -50,6 +50,7 @@ def test_flags_beat_environment_which_beats_defaults(tmp_path):
     (["--event-type", "deploy", "--event-type", "deploy"], {}, "registered twice"),
     (["--queue-max-bytes", "1000"], {}, "at least twice --max-event-bytes"),
     (["--write-interval-ms", "-1"], {}, "--write-interval-ms must be 0 or more"),
+    (["--watch-start-timeout", "-1"], {}, "--watch-start-timeout must be 0 or more"),
     (["--max-connections", "0"], {}, "--max-connections must be positive"),
     (["--workers", "2"], {}, "--workers 2 needs --broker redis://"),
     (["--broker", "kafka://x"], {}, "use memory or a redis://"),

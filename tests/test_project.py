@@ -47,8 +47,11 @@ async def collect(ws: WsClient, done, timeout: float = 20.0) -> list[dict]:
     deadline = asyncio.get_running_loop().time() + timeout
     while not done(events):
         remaining = deadline - asyncio.get_running_loop().time()
-        assert remaining > 0, f"not all expected events arrived; got {[(e['type'], e['data']) for e in events]}"
-        events.extend(await ws.events(1, timeout=remaining))
+        try:
+            events.extend(await ws.events(1, timeout=max(remaining, 0.001)))
+        except asyncio.TimeoutError:
+            raise AssertionError(f"not all expected events arrived within {timeout} s; got "
+                                 f"{[(e['type'], e['data']) for e in events]}") from None
     return events
 
 
@@ -117,5 +120,43 @@ async def test_no_watch_publishes_no_file_changes(io_loop, repo, http):
         [first] = await ws.events(1)
         assert first["type"] == "risk_alert" and first["data"]["message"] == "sentinel"
         assert "refs/autopm" not in git(repo, "for-each-ref")
+    finally:
+        process.stop()
+
+
+WIDE_TREE_DIRECTORIES = 3000   # enough for the watcher to take a while to start, on this machine ~0.3 s
+
+
+def make_wide_tree(repo: Path) -> Path:
+    """Directories under `repo/tree`; returns the last one."""
+    for index in range(WIDE_TREE_DIRECTORIES):
+        (repo / "tree" / f"d{index:05}").mkdir(parents=True)
+    return repo / "tree" / f"d{WIDE_TREE_DIRECTORIES - 1:05}"
+
+
+async def test_a_change_made_as_soon_as_the_server_answers_is_reported(io_loop, repo):
+    """`serve` listens only once its watcher watches the tree. A tree of a few thousand directories takes
+    the watcher a while to watch (a watch per directory, then the scan); a file written in the last of
+    them as soon as a client has subscribed must still be reported."""
+    last = make_wide_tree(repo)
+    process, url = Process.serve("--project", f"{repo}=demo", "--auto-commit", "off", "--coalesce-ms", "20")
+    try:
+        ws, _ = await WsClient.connected(port_of(url))
+        await ws.subscribe(project_id="demo", event_types=["file_change"])
+        (last / "early.py").write_text("x = 1\n")
+        events = await collect(ws, lambda events: any(e["data"]["file_path"].endswith("early.py")
+                                                      for e in events), timeout=10)
+        assert events[-1]["data"]["change_type"] == "created", events
+    finally:
+        process.stop()
+
+
+def test_a_watcher_slower_than_the_start_timeout_is_named_and_the_server_listens_anyway(repo):
+    make_wide_tree(repo)
+    process, url = Process.serve("--project", f"{repo}=demo", "--auto-commit", "off",
+                                 "--watch-start-timeout", "0.001")
+    try:
+        warnings = [line for line in process.seen if "--watch-start-timeout" in line]
+        assert warnings and "demo" in warnings[0] and "WARNING" in warnings[0], process.seen
     finally:
         process.stop()
