@@ -180,7 +180,10 @@ class SseWire:
         del self._text[:cut]
         if self.event_bytes is None and (start := region.find(EVENT_PREFIX)) >= 0:
             self.event_bytes = region.find(b"\n", start) - start   # the `data:` line holds the envelope
-        return Split(region, SSE_CONTROL.findall(region), pos, ended)
+        # The line-anchored regex costs more than the rest of a read, and control messages are rare:
+        # look for them only where a plain substring search finds one may be.
+        controls = SSE_CONTROL.findall(region) if b"event: " in region else []
+        return Split(region, controls, pos, ended)
 
     def on_control(self, message: dict[str, Any], subscriber: Subscriber) -> None:
         pass
