@@ -8,6 +8,8 @@ exec((here / "autopm_realtime" / "__init__.py").read_text(), version)
 
 # jupyter_server 2.13 brought @ws_authenticated and ServerApp.allow_unauthenticated_access.
 JUPYTER = ["jupyter_server>=2.13,<3", "ipywidgets>=8", "ipykernel>=6"]
+# The peer servers bench/compare.py measures ours against (bench/peers/).
+BENCH_PEERS = ["websockets>=14,<18", "sse-starlette>=3,<4", "uvicorn>=0.30"]
 
 setup(
     name="autopm-realtime",
@@ -33,6 +35,7 @@ setup(
     extras_require={
         "redis": ["redis>=5.0.1"],   # 5.0.1: Redis.aclose()
         "jupyter": JUPYTER,
+        "bench": BENCH_PEERS,
         "test": [
             "pytest>=8,<10",
             "pytest-tornasync>=0.6",
@@ -42,6 +45,7 @@ setup(
             "playwright>=1.40",   # tests/test_dashboard.py drives Debian's chromium (see .ci/run)
             "redis>=5.0.1",       # the Redis broker's tests run against a real Redis (see .ci/run)
             "hypothesis>=6.100",  # the fuzz and index property tests
+            *BENCH_PEERS,         # tests/test_bench.py runs bench/compare.py --quick, peers included
         ],
     },
     entry_points={"console_scripts": ["autopm-realtime=autopm_realtime.cli:main"]},

@@ -20,10 +20,11 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from fanout import COLUMNS as FANOUT_COLUMNS
-from fanout import (BENCH, REPO, Plan, ReplayPlan, Target, add_load_arguments, anomaly_notes, machine,
+from fanout import (BENCH, Plan, ReplayPlan, Target, add_load_arguments, anomaly_notes, faulty, machine,
                     markdown_table, ours, pace_shortfall, replay_once, run_once, small_size_note,
                     summarize, summarize_replay)
 
@@ -300,6 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paced-peers", action="store_true", help="also pace the plain Tornado peers (slow: "
                         "they cannot deliver 200,000 events/s, so each run takes about 40 s)")
     parser.add_argument("--replay-events", type=int, default=1000, help="events replayed, replay section")
+    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="where the JSON results go")
     add_load_arguments(parser)
     parser.set_defaults(runs=None)
     args = parser.parse_args(argv)
@@ -347,13 +349,13 @@ def main() -> int:
         rows.extend(section_rows)
     wall = time.monotonic() - started
     print_report(rows, runs, chosen, args, wall)
-    RESULTS_PATH.parent.mkdir(exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps({
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
         "command": command, "wall_seconds": wall, "machine": machine_before, "arguments": vars(args),
         "sections": [asdict(section) for section in chosen], "goals": goal_lines(rows), "rows": rows,
         "runs": runs}, indent=2, default=str) + "\n")
-    print(f"\nwrote {RESULTS_PATH.relative_to(REPO)}")
-    return 0
+    print(f"\nwrote {args.output}")
+    return 1 if faulty(rows) else 0
 
 
 if __name__ == "__main__":

@@ -621,6 +621,12 @@ def anomaly_notes(rows: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def faulty(rows: list[dict[str, Any]]) -> bool:
+    """Whether any delivery went wrong in any row (missing, repeated, reordered, malformed, a failed run
+    or connection...): the exit status then says the figures are not to be trusted."""
+    return any(row["missing"] or any(row["anomalies"].values()) for row in rows)
+
+
 def pace_notes(row: dict[str, Any]) -> list[str]:
     """When something other than intended set a run's pace: in throughput mode the server should be busy
     the whole window; in paced mode the publisher should keep `--rate`."""
@@ -668,6 +674,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_load_arguments(parser)
     parser.add_argument("--rate", type=float, help="paced mode: events/s, one per request; without it, "
                         "throughput mode: batches back to back")
+    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="where the JSON results go")
     args = parser.parse_args(argv)
     if min(args.subscribers, args.events, args.runs, args.batch) < 1 or args.size < 1:
         parser.error("--subscribers, --events, --runs, --batch and --size must be positive")
@@ -716,12 +723,12 @@ def main() -> int:
     print("\n" + ("\n".join(notes) if notes
                   else "no anomalies: every subscriber got every event once, in order"))
     print(f"\nserver: {runs[transports[0]][0]['server']['command']}")
-    RESULTS_PATH.parent.mkdir(exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps({
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
         "command": command, "mode": mode, "wall_seconds": wall, "machine": machine_before,
-        "arguments": vars(args), "summary": rows, "runs": runs}, indent=2) + "\n")
-    print(f"\nwrote {RESULTS_PATH.relative_to(REPO)}")
-    return 0
+        "arguments": vars(args), "summary": rows, "runs": runs}, indent=2, default=str) + "\n")
+    print(f"\nwrote {args.output}")
+    return 1 if faulty(rows) else 0
 
 
 if __name__ == "__main__":
