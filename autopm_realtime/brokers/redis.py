@@ -118,6 +118,8 @@ class RedisBroker(Broker):
         self._last_id: str | None = None     # the reader's position: the last id it delivered
         self._connected = False              # False after any Redis error until the reader next succeeds
         self._reader_down = False            # the reader's own failure, for one warning per outage
+        self._down_since = 0.0               # wall time of the reader's failure, while it is down
+        self._caught_up = False              # the reader's last XREAD left nothing unread
         self._last_error: str | None = None
         self._reconnects = 0
 
@@ -132,7 +134,7 @@ class RedisBroker(Broker):
         """
         try:
             self._last_id = await self._stream_end()
-            self._connected = True
+            self._connected = self._caught_up = True
         except RedisError as error:
             self._reader_failed(error)
         self._reader = asyncio.create_task(self._follow(), name=f"redis broker reader {self.key}")
@@ -228,6 +230,7 @@ class RedisBroker(Broker):
             try:
                 if self._last_id is None:
                     self._last_id = await self._stream_end()
+                    self._caught_up = True
                 elif self._reader_down:
                     await self._reader_client.ping()   # an XREAD would confirm only after block_ms
                 self._reader_up()
@@ -240,6 +243,7 @@ class RedisBroker(Broker):
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 continue
             failures = 0
+            self._caught_up = sum(len(entries) for _key, entries in reply) < self.read_batch
             for _key, entries in reply:
                 for raw_id, fields in entries:
                     self._last_id = raw_id.decode("ascii")
@@ -259,10 +263,11 @@ class RedisBroker(Broker):
             log.info("redis broker: reader reconnected to %s; resuming after %s", self.url, self._last_id)
 
     def _reader_failed(self, error: RedisError) -> None:
-        self._connected = False
+        self._connected = self._caught_up = False
         self._last_error = f"{type(error).__name__}: {error}"
         if not self._reader_down:
             self._reader_down = True
+            self._down_since = time.time()
             log.warning("redis broker: lost %s (%s); reconnecting with backoff, resuming after %s",
                         self.url, self._last_error, self._last_id)
 
@@ -299,10 +304,20 @@ class RedisBroker(Broker):
         return BrokerUnavailableError(f"{action} failed: Redis at {self.url}: {self._last_error}")
 
     def health(self) -> dict[str, Any]:
-        """From the reader's state only (no I/O). `lag_ms` is the age of the last delivered id: the
-        reader's delay while events flow, the time since the last event when the stream is idle."""
+        """From the reader's state only (no I/O). `lag_ms` is how far the live feed is behind the
+        stream: 0 when the reader's last XREAD left nothing unread (however old the newest event is:
+        an idle stream is not a late one); while it works through more than a batch, the age of the
+        last event it delivered; while it cannot reach Redis, how long it has not been able to."""
+        now_ms = time.time() * 1000
         position = parse_stream_id(self._last_id) if self._last_id else None
-        lag_ms = max(0, int(time.time() * 1000) - position[0]) if position and position[0] else None
+        if self._reader_down:
+            lag_ms: int | None = int(now_ms - self._down_since * 1000)
+        elif self._caught_up:
+            lag_ms = 0
+        elif position and position[0]:
+            lag_ms = max(0, int(now_ms - position[0]))
+        else:
+            lag_ms = None
         return {"kind": self.kind, "state": "ok" if self._connected else "degraded", "url": self.url,
                 "stream": self.key, "last_delivered_id": self._last_id, "connected": self._connected,
                 "last_error": self._last_error, "reconnects": self._reconnects, "lag_ms": lag_ms}
