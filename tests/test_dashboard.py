@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from autopm_realtime.tokens import mint_token
 from support import ROOT, Process, file_change, free_port, progress, redis_answers, require, risk
 
 CHROMIUM = "/usr/bin/chromium"
@@ -287,22 +288,31 @@ def test_events_published_while_its_server_was_down_appear_once_after_the_restar
     assert watched.dialogs == [], watched.dialogs
 
 
-def test_falls_back_to_sse_when_the_websocket_is_blocked(server, context):
-    # Playwright's page.route does not see WebSocket handshakes, and route_web_socket only mocks an *open*
-    # socket. So the page's WebSocket to the dashboard endpoint is pointed at a port nobody listens on: the
-    # browser then fails it exactly as it fails a socket a proxy or firewall refuses (error, close 1006,
-    # never open), while every other request, the SSE stream included, goes to the real server.
+def block_websocket(context) -> None:
+    """Make the page's WebSocket to the dashboard endpoint fail until the page sets
+    `window.autopmBlockWebSocket = false`.
+
+    Playwright's page.route does not see WebSocket handshakes, and route_web_socket only mocks an *open*
+    socket. So the WebSocket is pointed at a port nobody listens on: the browser then fails it exactly as
+    it fails a socket a proxy or firewall refuses (error, close 1006, never open), while every other
+    request, the SSE stream included, goes to the real server."""
     dead = f"ws://127.0.0.1:{free_port()}/api/v1/dashboard/ws"
     context.add_init_script(f"""(() => {{
         const Real = window.WebSocket;
+        window.autopmBlockWebSocket = true;
         function Blocked(url, protocols) {{
-            const target = String(url).includes('/api/v1/dashboard/ws') ? {json.dumps(dead)} : url;
+            const blocked = window.autopmBlockWebSocket && String(url).includes('/api/v1/dashboard/ws');
+            const target = blocked ? {json.dumps(dead)} : url;
             return protocols === undefined ? new Real(target) : new Real(target, protocols);
         }}
         Blocked.prototype = Real.prototype;
         for (const k of ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED']) Blocked[k] = Real[k];
         window.WebSocket = Blocked;
     }})();""")
+
+
+def test_falls_back_to_sse_when_the_websocket_is_blocked(server, context):
+    block_websocket(context)
     watched = Watched(context.new_page())
     watched.page.goto(server.dashboard())
     expect(watched.testid("connection-state")).to_have_text("sse", timeout=20_000)
@@ -312,6 +322,51 @@ def test_falls_back_to_sse_when_the_websocket_is_blocked(server, context):
     expect(watched.testid("file-change-count")).to_have_text("1")
     expect(watched.testid("progress-percentage")).to_have_text(re.compile(r"^\s*40(\.0)?%\s*$"))
     assert watched.page_errors == [], watched.page_errors
+
+
+def test_returns_to_websocket_once_it_gets_through_again(server, context):
+    """On SSE because the WebSocket was blocked, the page tries a WebSocket on the side now and then
+    (every `wsProbeMs`, 60 s by default, 0.3 s here) and switches back once one is greeted, resuming from
+    its last event: what arrived over either transport shows once."""
+    block_websocket(context)
+    context.add_init_script("window.AUTOPM_DASHBOARD = { wsProbeMs: 300 };")
+    watched = Watched(context.new_page())
+    watched.page.goto(server.dashboard())
+    expect(watched.testid("connection-state")).to_have_text("sse", timeout=20_000)
+    server.publish(file_change("over-sse.py", project=PROJECT))
+    expect(watched.testid("file-change-list")).to_contain_text("over-sse.py")
+
+    watched.page.evaluate("window.autopmBlockWebSocket = false")
+    expect(watched.testid("connection-state")).to_have_text("websocket")
+    server.publish(file_change("over-websocket.py", project=PROJECT))
+    expect(watched.testid("file-change-list")).to_contain_text("over-websocket.py")
+    expect(watched.testid("file-change-count")).to_have_text("2")
+    assert watched.testid("file-change-list").get_by_text("over-sse.py").count() == 1
+    assert watched.page_errors == [], watched.page_errors
+
+
+@pytest.mark.parametrize("websocket", [True, False], ids=["websocket", "sse"])
+def test_an_expired_token_is_shown_and_not_retried(tmp_path, context, websocket):
+    """With JWT auth on, a page opened with a short-lived `?token=`: at expiry the server ends the
+    connection (WebSocket close 4001; SSE: the stream ends and the next request gets 401). The page
+    says the token expired and stays offline instead of reconnecting with it over and over."""
+    secret = secrets.token_hex(32)
+    server = Server(tmp_path, "--jwt-secret", secret)
+    try:
+        if not websocket:
+            block_websocket(context)
+        token = mint_token(secret=secret, projects=[PROJECT], ttl_seconds=4)
+        watched = Watched(context.new_page())
+        watched.page.goto(f"{server.dashboard()}&token={token}")
+        expect(watched.testid("connection-state")).to_have_text("websocket" if websocket else "sse",
+                                                                timeout=20_000)
+        expect(watched.testid("connection-state")).to_have_text("offline", timeout=20_000)
+        expect(watched.testid("connection-detail")).to_contain_text("token expired")
+        watched.page.wait_for_timeout(1500)   # an absence cannot be awaited: three backoff steps' worth
+        expect(watched.testid("connection-state")).to_have_text("offline")
+        assert watched.page_errors == [], watched.page_errors
+    finally:
+        server.stop()
 
 
 def test_screenshot_with_realistic_data(server, watched):

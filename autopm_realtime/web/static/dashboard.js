@@ -7,6 +7,11 @@
   var SEVERITY_RANK = { critical: 0, high: 1, medium: 2, low: 3 };
   var MAX_FILES = 20, MAX_COMMITS = 20, MAX_POINTS = 200, MAX_TOASTS = 4, TOAST_MS = 6000;
   var BACKOFF_MIN = 500, BACKOFF_MAX = 30000, SEEN_MAX = 5000;
+  // An embedding page may tune these before this script runs (the browser tests shorten the probe):
+  // window.AUTOPM_DASHBOARD = { wsProbeMs: 60000 }
+  var OPTIONS = window.AUTOPM_DASHBOARD || {};
+  var WS_PROBE_MS = Number(OPTIONS.wsProbeMs) || 60000;   // on SSE: how often to see if WebSocket is back
+  var TOKEN_EXPIRED_CLOSE = 4001;
 
   function $(id) { return document.getElementById(id); }
   function el(tag, cls, text) {
@@ -30,7 +35,15 @@
 
   function fetchJson(path, params) {
     return fetch(apiUrl(path, params), { credentials: 'same-origin', headers: { Accept: 'application/json' } })
-      .then(function (r) { if (!r.ok) throw new Error(path + ': HTTP ' + r.status); return r.json(); });
+      .then(function (r) {
+        if (r.ok) return r.json();
+        return r.json().catch(function () { return {}; }).then(function (body) {
+          var error = new Error(path + ': HTTP ' + r.status);
+          error.status = r.status;
+          error.reason = body && body.error && body.error.reason;
+          throw error;
+        });
+      });
   }
 
   function relTime(iso) {
@@ -58,6 +71,8 @@
     this.subscriptions = new Set(EVENT_TYPES);
     this.transport = 'websocket';      // which one to try next
     this.wsFailures = 0;               // consecutive WebSocket failures before connection_established
+    this.probe = null;                 // on SSE: a WebSocket opened to see whether it gets through now
+    this.probedAt = 0;
     this.attempt = 0;                  // consecutive failed connects, for the backoff
     this.retryTimer = null;
     this.retryAt = 0;
@@ -110,7 +125,10 @@
       ids.forEach(function (id) { var o = el('option', null, id); o.value = id; picker.appendChild(o); });
       picker.disabled = !ids.length;
       self.selectProject(wanted || ids[0] || null);
-    }).catch(function () { self.scheduleReconnect(function () { self.loadProjects(); }); });
+    }).catch(function (error) {
+      if (error.status === 401) self.refuse(error.reason);
+      else self.scheduleReconnect(function () { self.loadProjects(); });
+    });
   };
 
   RealTimeDashboard.prototype.selectProject = function (id) {
@@ -181,6 +199,26 @@
     clearTimeout(this.retryTimer); this.retryTimer = null; this.retryAt = 0;
     if (this.socket) { try { this.socket.close(1000); } catch (e) { /* closing anyway */ } this.socket = null; }
     if (this.eventSource) { this.eventSource.close(); this.eventSource = null; }
+    if (this.probe) { this.probe.onclose = null; try { this.probe.close(1000); } catch (e) { /* closing anyway */ } this.probe = null; }
+  };
+
+  // A refused token is not something retrying fixes: say so and stop, until the page is opened with a
+  // fresh one (the server's reason says what is wrong: expired, bad signature, ...).
+  RealTimeDashboard.prototype.refuse = function (reason) {
+    this.teardown();
+    this.setState('offline', (token ? 'token refused' : 'this server needs a token') + (reason ? ': ' + reason : '') +
+                  ' — open the page with a fresh ?token=');
+  };
+
+  // After a connect that never got through: with a token, ask the API whether the token is the reason
+  // (a WebSocket or an EventSource cannot see the 401 itself); otherwise, or if not, `retry`.
+  RealTimeDashboard.prototype.unlessRefused = function (retry) {
+    var self = this, gen = this.generation;
+    if (!token) { retry(); return; }
+    fetchJson('api/v1/projects').then(function () { if (gen === self.generation) retry(); }, function (error) {
+      if (gen !== self.generation) return;
+      if (error.status === 401) self.refuse(error.reason); else retry();
+    });
   };
 
   RealTimeDashboard.prototype.goOffline = function () {
@@ -215,6 +253,7 @@
 
   RealTimeDashboard.prototype.tick = function () {
     if (this.state === 'reconnecting' && this.retryAt) $('connection-detail').textContent = this.retryText();
+    if (this.state === 'sse' && !this.probe && Date.now() - this.probedAt > WS_PROBE_MS) this.probeWebSocket();
     // a silent connection (no heartbeat for three intervals) is a dead one
     if ((this.state === 'websocket' || this.state === 'sse') && this.lastHeard &&
         Date.now() - this.lastHeard > Math.max(10, this.heartbeatInterval * 3) * 1000) {
@@ -227,15 +266,20 @@
     this.attempt = 0;
     this.lastHeard = Date.now();
     if (info && info.heartbeat_interval) this.heartbeatInterval = Number(info.heartbeat_interval) || 30;
+    this.probedAt = Date.now();
     this.setState(state, state === 'sse' ? 'Server-Sent Events' : '');
   };
 
-  RealTimeDashboard.prototype.connectWebSocket = function () {
-    var self = this, gen = this.generation, established = false;
+  function webSocketUrl() {
     var url = apiUrl('api/v1/dashboard/ws');
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    return url;
+  }
+
+  RealTimeDashboard.prototype.connectWebSocket = function () {
+    var self = this, gen = this.generation, established = false;
     var socket;
-    try { socket = new WebSocket(url); } catch (e) { this.wsFailed(); return; }
+    try { socket = new WebSocket(webSocketUrl()); } catch (e) { this.wsFailed(); return; }
     this.socket = socket;
     this.setState('reconnecting', 'connecting…');
     socket.onmessage = function (message) {
@@ -255,9 +299,10 @@
         self.handleEvent(msg);
       }
     };
-    socket.onclose = function () {
+    socket.onclose = function (event) {
       if (gen !== self.generation) return;
       self.socket = null;
+      if (event.code === TOKEN_EXPIRED_CLOSE) { self.refuse('token expired'); return; }
       if (!established) { self.wsFailed(); return; }
       self.scheduleReconnect();
     };
@@ -265,13 +310,34 @@
   };
 
   RealTimeDashboard.prototype.wsFailed = function () {
-    this.wsFailures++;
-    if (this.wsFailures >= 2) {
-      this.transport = 'sse';           // WebSocket does not get through: fall back to SSE
-      this.connect();
-      return;
-    }
-    this.scheduleReconnect();
+    var self = this;
+    this.unlessRefused(function () {
+      self.wsFailures++;
+      if (self.wsFailures >= 2) {
+        self.transport = 'sse';           // WebSocket does not get through: fall back to SSE
+        self.connect();
+        return;
+      }
+      self.scheduleReconnect();
+    });
+  };
+
+  // On SSE because WebSocket did not get through: now and then, open a WebSocket on the side. If it is
+  // greeted, switch over (resuming from the last event id, so nothing is missed or shown twice); if
+  // not, stay on SSE without a flicker.
+  RealTimeDashboard.prototype.probeWebSocket = function () {
+    var self = this, gen = this.generation, probe;
+    this.probedAt = Date.now();
+    try { probe = new WebSocket(webSocketUrl()); } catch (e) { return; }
+    this.probe = probe;
+    probe.onmessage = function (message) {
+      var msg; try { msg = JSON.parse(message.data); } catch (e) { return; }
+      if (msg.type !== 'connection_established' || gen !== self.generation) return;
+      self.transport = 'websocket';
+      self.wsFailures = 0;
+      self.connect();                     // closes the probe and the SSE stream
+    };
+    probe.onclose = function () { if (self.probe === probe) self.probe = null; };
   };
 
   RealTimeDashboard.prototype.connectSSE = function () {
@@ -298,9 +364,15 @@
     source.onerror = function () {
       if (gen !== self.generation) return;
       // reopen ourselves, with last_event_id= in the URL and our own backoff. If SSE never got through
-      // either, the server is down rather than WebSocket blocked: start over with WebSocket.
-      if (!established) { self.transport = 'websocket'; self.wsFailures = 0; }
-      self.scheduleReconnect();
+      // either, the token was refused or the server is down rather than WebSocket blocked: say so, or
+      // start over with WebSocket.
+      if (established) { self.scheduleReconnect(); return; }
+      source.close();
+      self.unlessRefused(function () {
+        self.transport = 'websocket';
+        self.wsFailures = 0;
+        self.scheduleReconnect();
+      });
     };
   };
 
