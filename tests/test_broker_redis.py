@@ -201,19 +201,27 @@ async def test_health_when_connected(open_broker, redis_url, prefix):
     assert health["lag_ms"] == 0   # it has read everything there is
 
 
+ANCIENT_ID = "1000-0"   # a stream id from 1970: an event whose age is 56 years
+ANCIENT_DRAFT = json.dumps({"type": "progress_update", "project_id": "p", "timestamp": "1970-01-01T00:00:01Z",
+                            "data": {"completed_tasks": 1, "total_tasks": 2, "progress_percentage": 50.0}})
+
+
+async def read_an_ancient_event(broker, url: str) -> None:
+    """Put an entry with an id from 1970 on the broker's (empty) stream and wait until it is delivered."""
+    seen = recorded(broker)
+    client = redis.Redis.from_url(url)
+    client.xadd(broker.key, {"draft": ANCIENT_DRAFT}, id=ANCIENT_ID)
+    client.close()
+    await eventually(lambda: len(seen) == 1)
+    assert seen[0].id == ANCIENT_ID
+
+
 async def test_an_idle_stream_is_not_a_late_one(open_broker, redis_url, prefix):
     """`lag_ms` is how far the reader is behind the stream, not the age of the newest event: a reader
     that has read an entry stamped 1970 is 0 behind (it used to report 56 years)."""
     broker = await open_broker(redis_url, prefix)
-    seen = recorded(broker)
-    ancient = json.dumps({"type": "progress_update", "project_id": "p", "timestamp": "1970-01-01T00:00:01Z",
-                          "data": {"completed_tasks": 1, "total_tasks": 2, "progress_percentage": 50.0}})
-    client = redis.Redis.from_url(redis_url)
-    client.xadd(broker.key, {"draft": ancient}, id="1000-0")
-    client.close()
-    await eventually(lambda: len(seen) == 1)
-    assert seen[0].id == "1000-0"
-    await eventually(lambda: broker.health()["lag_ms"] == 0)   # once its next XREAD found nothing unread
+    await read_an_ancient_event(broker, redis_url)
+    assert broker.health()["lag_ms"] == 0   # the XREAD that brought it left nothing unread
 
 
 def test_urls_are_shown_without_password(redis_py):
@@ -290,6 +298,20 @@ async def restart_under(broker, server) -> None:
     await eventually(lambda: broker.health()["connected"] is False)
     server.start()
     await server.ready()
+
+
+async def test_lag_after_a_reconnect_is_the_outage_not_the_age_of_the_last_event(open_broker, scratch_redis):
+    """Between reconnecting and its first XREAD coming back (up to `block_ms` on a quiet stream) the
+    reader must not report the age of the last event it delivered — on a quiet night, hours: from the
+    failure until an XREAD succeeds, `lag_ms` is how long it has been cut off."""
+    server = scratch_redis()
+    await server.ready()
+    broker = await open_broker(server.url, "lag", **FAST_RETRY)
+    await read_an_ancient_event(broker, server.url)
+    await restart_under(broker, server)
+    lags: list[int] = []
+    await eventually(lambda: lags.append(broker.health()["lag_ms"]) or lags[-1] == 0)
+    assert max(lags) < 60_000, f"lag_ms after the reconnect went up to {max(lags)} ms"
 
 
 async def test_restart_without_persistence_delivers_everything_once(open_broker, scratch_redis):

@@ -118,7 +118,7 @@ class RedisBroker(Broker):
         self._last_id: str | None = None     # the reader's position: the last id it delivered
         self._connected = False              # False after any Redis error until the reader next succeeds
         self._reader_down = False            # the reader's own failure, for one warning per outage
-        self._down_since = 0.0               # wall time of the reader's failure, while it is down
+        self._down_since = 0.0               # wall time the reader failed, until an XREAD succeeds again
         self._caught_up = False              # the reader's last XREAD left nothing unread
         self._last_error: str | None = None
         self._reconnects = 0
@@ -243,6 +243,7 @@ class RedisBroker(Broker):
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 continue
             failures = 0
+            self._down_since = 0.0
             self._caught_up = sum(len(entries) for _key, entries in reply) < self.read_batch
             for _key, entries in reply:
                 for raw_id, fields in entries:
@@ -265,9 +266,10 @@ class RedisBroker(Broker):
     def _reader_failed(self, error: RedisError) -> None:
         self._connected = self._caught_up = False
         self._last_error = f"{type(error).__name__}: {error}"
+        if not self._down_since:
+            self._down_since = time.time()
         if not self._reader_down:
             self._reader_down = True
-            self._down_since = time.time()
             log.warning("redis broker: lost %s (%s); reconnecting with backoff, resuming after %s",
                         self.url, self._last_error, self._last_id)
 
@@ -307,10 +309,11 @@ class RedisBroker(Broker):
         """From the reader's state only (no I/O). `lag_ms` is how far the live feed is behind the
         stream: 0 when the reader's last XREAD left nothing unread (however old the newest event is:
         an idle stream is not a late one); while it works through more than a batch, the age of the
-        last event it delivered; while it cannot reach Redis, how long it has not been able to."""
+        last event it delivered; from a failure until an XREAD succeeds again (reconnecting included),
+        how long it has been cut off."""
         now_ms = time.time() * 1000
         position = parse_stream_id(self._last_id) if self._last_id else None
-        if self._reader_down:
+        if self._down_since:
             lag_ms: int | None = int(now_ms - self._down_since * 1000)
         elif self._caught_up:
             lag_ms = 0
