@@ -31,19 +31,41 @@ class StandaloneServer:
         self.http = make_http_server(self.service)
         self.port = settings.port
 
-    async def start(self, *, reuse_port: bool = False) -> int:
-        """Start the service, wait for its file watchers, then listen; returns the port (useful with
-        port 0). `reuse_port` lets several worker processes listen on one port (workers.py)."""
-        await self.service.start()
-        timeout = self.settings.watch_start_timeout
-        not_watching = await self.service.sources_ready(timeout) if timeout > 0 else []
-        if not_watching:
-            log.warning("the file watcher of %s is not watching after %g s (--watch-start-timeout): "
-                        "changes made before it does are not reported", ", ".join(not_watching), timeout)
+    async def start(self, *, reuse_port: bool = False, stop: asyncio.Event | None = None) -> int:
+        """Bind the port, start the service, wait for its file watchers, then serve; returns the port
+        (useful with port 0). `reuse_port` lets several worker processes listen on one port (workers.py).
+
+        The port is bound first, so a port in use is reported at once; connections that arrive while the
+        watchers start wait in the listen backlog. `stop` (set by SIGINT/SIGTERM) cuts the wait short."""
         sockets = bind_sockets(self.settings.port, self.settings.host, reuse_port=reuse_port)
-        self.http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
+        try:
+            await self.service.start()
+            await self._wait_for_watchers(stop or asyncio.Event())
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        self.http.add_sockets(sockets)
         return self.port
+
+    async def _wait_for_watchers(self, stop: asyncio.Event) -> None:
+        """Until the watchers watch, at most --watch-start-timeout, or until `stop`; a watcher that is not
+        watching by then is named in a warning (its changes until it does are not reported)."""
+        timeout = self.settings.watch_start_timeout
+        if timeout <= 0:
+            return
+        waiting = asyncio.ensure_future(self.service.sources_ready(timeout))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not waiting.done():   # stopped during start-up
+            waiting.cancel()
+            return
+        not_watching = waiting.result()
+        if not_watching:
+            log.warning("the file watcher of %s is not watching (--watch-start-timeout %g s): changes made "
+                        "before it does are not reported", ", ".join(not_watching), timeout)
 
     async def stop(self) -> None:
         """Stop listening, close every connection with 1001 through the hub, then drop the rest."""
@@ -56,15 +78,16 @@ async def serve(settings: Settings, *, install_signal_handlers: bool = False,
                 stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM when `install_signal_handlers`)."""
     stop = stop or asyncio.Event()
-    server = StandaloneServer(settings)
-    port = await server.start(reuse_port=reuse_port)
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    projects = ", ".join(f"{p.id}={p.path}" for p in settings.projects)
-    log.info("autopm-realtime serving http://%s:%d/ (projects: %s)", host, port, projects)
-    if install_signal_handlers:
+    if install_signal_handlers:   # before start-up, which may wait for the watchers
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+    server = StandaloneServer(settings)
+    port = await server.start(reuse_port=reuse_port, stop=stop)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    projects = ", ".join(f"{p.id}={p.path}" for p in settings.projects)
+    if not stop.is_set():
+        log.info("autopm-realtime serving http://%s:%d/ (projects: %s)", host, port, projects)
     try:
         await stop.wait()
     finally:

@@ -7,6 +7,7 @@ on it (`web.app.routes`) and start and stop it with their server.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -25,6 +26,8 @@ from .sources import SourceContext
 if TYPE_CHECKING:
     from .tokens import TokenVerifier
     from .ownership import SourceOwnership
+
+log = logging.getLogger(__name__)
 
 
 def make_verifier(settings: Settings) -> TokenVerifier | None:
@@ -106,15 +109,20 @@ class RealtimeService:
 
     async def sources_ready(self, timeout: float) -> list[str]:
         """Wait, at most `timeout` seconds, until this process's sources watch their trees; returns the
-        projects still not watching. With a shared broker the sources start when their lock is won
-        (ownership.py), so there is nothing to wait for here."""
+        projects not watching, each with why ("still starting", "gave up"). With a shared broker the
+        sources start when their lock is won (ownership.py), so there is nothing to wait for here."""
         if self._ownerships or not self.sources:
             return []
         waits = {asyncio.ensure_future(sources.ready()): sources.project_id for sources in self.sources}
-        done, pending = await asyncio.wait(waits, timeout=timeout)
-        for wait in pending:
-            wait.cancel()   # ready() is shielded: the watcher goes on starting
-        return sorted(waits[wait] for wait in waits if wait in pending or not wait.result())
+        log.info("waiting up to %g s for the file watchers of %s to watch their trees", timeout,
+                 ", ".join(waits.values()))
+        try:
+            await asyncio.wait(waits, timeout=timeout)
+            return sorted(f"{project} (gave up)" if wait.done() else f"{project} (still starting)"
+                          for wait, project in waits.items() if not wait.done() or not wait.result())
+        finally:
+            for wait in waits:
+                wait.cancel()   # those still waiting; ready() is shielded, so the watcher goes on starting
 
     def owns_sources(self, project_id: str) -> bool:
         """Whether this process runs the project's sources (always, without a shared broker)."""

@@ -370,6 +370,13 @@ class Process:
             if match:
                 return match
 
+    def remaining_stderr(self) -> list[str]:
+        """The rest of stderr, to the end of the output: for a process that has exited or is exiting."""
+        lines = []
+        while (line := self.stderr.get(timeout=WAIT)) is not None:
+            lines.append(line)
+        return lines
+
     def stop(self) -> None:
         terminate(self.popen, WAIT)
 

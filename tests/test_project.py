@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -157,6 +159,22 @@ def test_a_watcher_slower_than_the_start_timeout_is_named_and_the_server_listens
                                  "--watch-start-timeout", "0.001")
     try:
         warnings = [line for line in process.seen if "--watch-start-timeout" in line]
-        assert warnings and "demo" in warnings[0] and "WARNING" in warnings[0], process.seen
+        assert warnings and "demo (still starting)" in warnings[0] and "WARNING" in warnings[0], process.seen
+    finally:
+        process.stop()
+
+
+def test_sigterm_while_the_watchers_start_stops_the_server_cleanly(repo):
+    """`serve` handles SIGTERM from the moment it starts, the wait for the watchers included: it stops
+    without serving, without a traceback, with exit status 0."""
+    make_wide_tree(repo)
+    process = Process("serve", "--port", "0", "--project", f"{repo}=demo", "--auto-commit", "off")
+    try:
+        process.stderr_match(re.compile(r"waiting up to .* for the file watchers of demo"))
+        process.popen.send_signal(signal.SIGTERM)
+        assert process.popen.wait(timeout=10) == 0
+        rest = process.remaining_stderr()
+        assert "serving" not in " ".join(process.seen + rest), process.seen + rest
+        assert not [line for line in rest if "Traceback" in line], rest
     finally:
         process.stop()
