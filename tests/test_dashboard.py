@@ -345,19 +345,25 @@ def test_returns_to_websocket_once_it_gets_through_again(server, context):
     assert watched.page_errors == [], watched.page_errors
 
 
-@pytest.mark.parametrize("websocket", [True, False], ids=["websocket", "sse"])
-def test_an_expired_token_is_shown_and_not_retried(tmp_path, context, websocket):
-    """With JWT auth on, a page opened with a short-lived `?token=`: at expiry the server ends the
-    connection (WebSocket close 4001; SSE: the stream ends and the next request gets 401). The page
-    says the token expired and stays offline instead of reconnecting with it over and over."""
+@pytest.mark.parametrize("websocket, in_cookie", [(True, False), (False, False), (False, True)],
+                         ids=["websocket-query", "sse-query", "sse-cookie"])
+def test_an_expired_token_is_shown_and_not_retried(tmp_path, context, websocket, in_cookie):
+    """With JWT auth on, a page with a short-lived token (`?token=`, or the `autopm_token` cookie): at
+    expiry the server ends the connection (WebSocket close 4001; SSE: the stream ends and the next request
+    gets 401). The page says the token expired and stays offline instead of reconnecting with it over
+    and over."""
     secret = secrets.token_hex(32)
     server = Server(tmp_path, "--jwt-secret", secret)
     try:
         if not websocket:
             block_websocket(context)
-        token = mint_token(secret=secret, projects=[PROJECT], ttl_seconds=4)
+        token = mint_token(secret=secret, projects=[PROJECT], ttl_seconds=8)
         watched = Watched(context.new_page())
-        watched.page.goto(f"{server.dashboard()}&token={token}")
+        if in_cookie:
+            context.add_cookies([{"name": "autopm_token", "value": token, "url": server.url}])
+            watched.page.goto(server.dashboard())
+        else:
+            watched.page.goto(f"{server.dashboard()}&token={token}")
         expect(watched.testid("connection-state")).to_have_text("websocket" if websocket else "sse",
                                                                 timeout=20_000)
         expect(watched.testid("connection-state")).to_have_text("offline", timeout=20_000)

@@ -11,6 +11,8 @@
   // window.AUTOPM_DASHBOARD = { wsProbeMs: 60000 }
   var OPTIONS = window.AUTOPM_DASHBOARD || {};
   var WS_PROBE_MS = Number(OPTIONS.wsProbeMs) || 60000;   // on SSE: how often to see if WebSocket is back
+  var WS_PROBE_TIMEOUT_MS = 10000;   // a probe not greeted by then is given up
+  var FETCH_TIMEOUT_MS = 10000;      // an API request not answered by then counts as failed
   var TOKEN_EXPIRED_CLOSE = 4001;
 
   function $(id) { return document.getElementById(id); }
@@ -34,7 +36,11 @@
   }
 
   function fetchJson(path, params) {
-    return fetch(apiUrl(path, params), { credentials: 'same-origin', headers: { Accept: 'application/json' } })
+    var abort = new AbortController();
+    var timer = setTimeout(function () { abort.abort(); }, FETCH_TIMEOUT_MS);
+    return fetch(apiUrl(path, params), { credentials: 'same-origin', headers: { Accept: 'application/json' },
+                                         signal: abort.signal })
+      .finally(function () { clearTimeout(timer); })
       .then(function (r) {
         if (r.ok) return r.json();
         return r.json().catch(function () { return {}; }).then(function (body) {
@@ -199,22 +205,28 @@
     clearTimeout(this.retryTimer); this.retryTimer = null; this.retryAt = 0;
     if (this.socket) { try { this.socket.close(1000); } catch (e) { /* closing anyway */ } this.socket = null; }
     if (this.eventSource) { this.eventSource.close(); this.eventSource = null; }
-    if (this.probe) { this.probe.onclose = null; try { this.probe.close(1000); } catch (e) { /* closing anyway */ } this.probe = null; }
+    this.dropProbe();
+  };
+
+  RealTimeDashboard.prototype.dropProbe = function () {
+    if (!this.probe) return;
+    this.probe.onmessage = this.probe.onclose = null;
+    try { this.probe.close(1000); } catch (e) { /* closing anyway */ }
+    this.probe = null;
   };
 
   // A refused token is not something retrying fixes: say so and stop, until the page is opened with a
   // fresh one (the server's reason says what is wrong: expired, bad signature, ...).
   RealTimeDashboard.prototype.refuse = function (reason) {
     this.teardown();
-    this.setState('offline', (token ? 'token refused' : 'this server needs a token') + (reason ? ': ' + reason : '') +
-                  ' — open the page with a fresh ?token=');
+    this.setState('offline', 'not authorised' + (reason ? ': ' + reason : '') +
+                  (token ? ' — open the page with a fresh ?token=' : ' — sign in again, or open the page with ?token='));
   };
 
-  // After a connect that never got through: with a token, ask the API whether the token is the reason
-  // (a WebSocket or an EventSource cannot see the 401 itself); otherwise, or if not, `retry`.
+  // After a connect that never got through, ask the API whether authorisation is the reason (a WebSocket
+  // or an EventSource cannot see a 401; the token may come from the URL or from a cookie); if not, `retry`.
   RealTimeDashboard.prototype.unlessRefused = function (retry) {
     var self = this, gen = this.generation;
-    if (!token) { retry(); return; }
     fetchJson('api/v1/projects').then(function () { if (gen === self.generation) retry(); }, function (error) {
       if (gen !== self.generation) return;
       if (error.status === 401) self.refuse(error.reason); else retry();
@@ -254,6 +266,7 @@
   RealTimeDashboard.prototype.tick = function () {
     if (this.state === 'reconnecting' && this.retryAt) $('connection-detail').textContent = this.retryText();
     if (this.state === 'sse' && !this.probe && Date.now() - this.probedAt > WS_PROBE_MS) this.probeWebSocket();
+    if (this.probe && Date.now() - this.probedAt > WS_PROBE_TIMEOUT_MS) this.dropProbe();
     // a silent connection (no heartbeat for three intervals) is a dead one
     if ((this.state === 'websocket' || this.state === 'sse') && this.lastHeard &&
         Date.now() - this.lastHeard > Math.max(10, this.heartbeatInterval * 3) * 1000) {
@@ -276,23 +289,29 @@
     return url;
   }
 
-  RealTimeDashboard.prototype.connectWebSocket = function () {
+  // `greeted`: a socket that has already said connection_established (a probe), and that greeting.
+  RealTimeDashboard.prototype.connectWebSocket = function (greeted) {
     var self = this, gen = this.generation, established = false;
-    var socket;
-    try { socket = new WebSocket(webSocketUrl()); } catch (e) { this.wsFailed(); return; }
+    var socket = greeted && greeted.socket;
+    if (!socket) {
+      try { socket = new WebSocket(webSocketUrl()); } catch (e) { this.wsFailed(); return; }
+      this.setState('reconnecting', 'connecting…');
+    }
     this.socket = socket;
-    this.setState('reconnecting', 'connecting…');
+    function subscribe(greeting) {
+      established = true;
+      self.wsFailures = 0;
+      socket.send(JSON.stringify({ type: 'subscribe', event_types: Array.from(self.subscriptions),
+                                   project_id: self.projectId, last_event_id: self.lastEventId }));
+      self.onConnected('websocket', greeting);
+    }
     socket.onmessage = function (message) {
       if (gen !== self.generation) return;
       var msg;
       try { msg = JSON.parse(message.data); } catch (e) { return; }
       self.lastHeard = Date.now();
       if (msg.type === 'connection_established') {
-        established = true;
-        self.wsFailures = 0;
-        socket.send(JSON.stringify({ type: 'subscribe', event_types: Array.from(self.subscriptions),
-                                     project_id: self.projectId, last_event_id: self.lastEventId }));
-        self.onConnected('websocket', msg);
+        subscribe(msg);
       } else if (msg.type === 'subscription_confirmed') {
         if (msg.recovered === false) self.reloadHistory();
       } else if (msg.id !== undefined && msg.data !== undefined) {
@@ -307,6 +326,7 @@
       self.scheduleReconnect();
     };
     socket.onerror = function () { /* onclose follows */ };
+    if (greeted) subscribe(greeted.greeting);
   };
 
   RealTimeDashboard.prototype.wsFailed = function () {
@@ -323,8 +343,8 @@
   };
 
   // On SSE because WebSocket did not get through: now and then, open a WebSocket on the side. If it is
-  // greeted, switch over (resuming from the last event id, so nothing is missed or shown twice); if
-  // not, stay on SSE without a flicker.
+  // greeted, it becomes the connection and subscribes from the last event id (nothing missed, nothing
+  // shown twice); if not (or not within WS_PROBE_TIMEOUT_MS), the page stays on SSE without a flicker.
   RealTimeDashboard.prototype.probeWebSocket = function () {
     var self = this, gen = this.generation, probe;
     this.probedAt = Date.now();
@@ -333,9 +353,11 @@
     probe.onmessage = function (message) {
       var msg; try { msg = JSON.parse(message.data); } catch (e) { return; }
       if (msg.type !== 'connection_established' || gen !== self.generation) return;
+      probe.onmessage = probe.onclose = null;
+      self.probe = null;                  // it becomes the connection: not a probe to close
+      self.teardown();                    // the SSE stream
       self.transport = 'websocket';
-      self.wsFailures = 0;
-      self.connect();                     // closes the probe and the SSE stream
+      self.connectWebSocket({ socket: probe, greeting: msg });
     };
     probe.onclose = function () { if (self.probe === probe) self.probe = null; };
   };
