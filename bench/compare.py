@@ -26,7 +26,7 @@ from typing import Any, Callable
 from fanout import COLUMNS as FANOUT_COLUMNS
 from fanout import (BENCH, Plan, ReplayPlan, Target, add_load_arguments, anomaly_notes, faulty, machine,
                     markdown_table, ours, pace_shortfall, replay_once, run_once, small_size_note,
-                    summarize, summarize_replay)
+                    summarize, summarize_replay, write_results)
 
 RESULTS_PATH = BENCH / "results" / "compare-latest.json"
 TARGETS: dict[str, Target] = {target.name: target for target in (
@@ -349,12 +349,10 @@ def main() -> int:
         rows.extend(section_rows)
     wall = time.monotonic() - started
     print_report(rows, runs, chosen, args, wall)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
+    write_results(args.output, {
         "command": command, "wall_seconds": wall, "machine": machine_before, "arguments": vars(args),
         "sections": [asdict(section) for section in chosen], "goals": goal_lines(rows), "rows": rows,
-        "runs": runs}, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.output}")
+        "runs": runs})
     return 1 if faulty(rows) else 0
 
 

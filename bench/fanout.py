@@ -621,6 +621,13 @@ def anomaly_notes(rows: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    """Leave the run's JSON behind (the README's figures are read from these files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nwrote {path}")
+
+
 def faulty(rows: list[dict[str, Any]]) -> bool:
     """Whether any delivery went wrong in any row (missing, repeated, reordered, malformed, a failed run
     or connection...): the exit status then says the figures are not to be trusted."""
@@ -723,11 +730,8 @@ def main() -> int:
     print("\n" + ("\n".join(notes) if notes
                   else "no anomalies: every subscriber got every event once, in order"))
     print(f"\nserver: {runs[transports[0]][0]['server']['command']}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "command": command, "mode": mode, "wall_seconds": wall, "machine": machine_before,
-        "arguments": vars(args), "summary": rows, "runs": runs}, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.output}")
+    write_results(args.output, {"command": command, "mode": mode, "wall_seconds": wall, "machine": machine_before,
+                                "arguments": vars(args), "summary": rows, "runs": runs})
     return 1 if faulty(rows) else 0
 
 

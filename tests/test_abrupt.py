@@ -26,7 +26,7 @@ OPENING_AT_ONCE = 64
 MiB = 1024 * 1024
 ROUNDS = 8                       # of opening and dropping CONNECTIONS, for the memory check
 RSS_TOLERANCE = 12 * MiB         # from the end of round 1 to the end of the last
-MEDIAN_GROWTH_TOLERANCE = 1 * MiB
+MEDIAN_GROWTH_TOLERANCE = MiB * 3 // 4
 PROJECT = "p"
 EVENT_MARK = b'"type":"file_change","id"'
 BURST = 40       # events per publish, every PUBLISH_EVERY s: a rate the fan-out to 1,000 keeps up with
@@ -223,9 +223,10 @@ async def round_of_drops(server: Server) -> dict[str, int]:
 
 async def test_a_thousand_abrupt_drops_leave_no_connection_and_no_memory_behind(running):
     """A leak grows RSS by about the same amount every round; the allocator instead grows it in one-off
-    steps (5-7 MiB here, in round 2 or 3, now and then another MiB later) and then stays flat. So the median
-    of the round-to-round growths is held to MEDIAN_GROWTH_TOLERANCE — a leak of 1 KiB per connection
-    would put every growth, and so the median, at 1 MiB — and the whole run to RSS_TOLERANCE."""
+    steps (5-7 MiB here, in round 2 or 3, now and then another MiB later) and then stays flat: the median
+    growth measured 0.0-0.1 MiB. So the median of the round-to-round growths is held to
+    MEDIAN_GROWTH_TOLERANCE (0.75 MiB) — a leak of 1 KiB per connection would put every growth, and so the
+    median, at about 1 MiB — and the whole run to RSS_TOLERANCE."""
     start = await running.settled_rss()
     rounds = [await round_of_drops(running) for _ in range(ROUNDS)]
     numbers = f"RSS at start {start / MiB:.1f} MiB; " + "; ".join(
