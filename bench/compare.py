@@ -13,7 +13,6 @@ invocation, never across invocations.
 from __future__ import annotations
 
 import argparse
-import json
 import operator
 import os
 import shlex
