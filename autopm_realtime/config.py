@@ -305,8 +305,8 @@ OPTIONS: tuple[Option, ...] = (
            "is rescanned instead", int),
     Option("watch_max_restarts", "watcher crashes in a row before it gives up (the server stays up)", int),
     Option("watch_start_timeout", "seconds `serve` waits for the watchers to watch and index their trees "
-           "before it listens, so that every change made once it answers is seen; past it, it listens "
-           "anyway and logs a warning (0: do not wait)", float),
+           "before it answers, so that every change made once it answers is seen; past it, or when a "
+           "watcher gave up, it serves anyway and logs a warning (0: do not wait)", float),
     Option("commit_max_pending", "changed paths remembered between snapshots (more are counted only)",
            int),
     Option("commit_lock_retries", "branch mode: retries while another process holds .git/index.lock",

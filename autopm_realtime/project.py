@@ -110,8 +110,9 @@ class ProjectSources:
         self.project_id = context.project.id
         self.sources: list[Source] = [AutoCommitter(context, options.autocommit),
                                       ProgressTracker(context, options.progress)]
-        if options.watcher is not None:   # listeners first, so they hear the watcher's first events
-            self.sources.append(FileWatcher(context, options.watcher))
+        self.watcher = FileWatcher(context, options.watcher) if options.watcher is not None else None
+        if self.watcher is not None:   # listeners first, so they hear the watcher's first events
+            self.sources.append(self.watcher)
 
     async def start(self) -> None:
         for source in self.sources:
@@ -119,8 +120,7 @@ class ProjectSources:
 
     async def ready(self) -> bool:
         """Wait until the watcher (if any) watches the tree and has indexed it; False if it gave up."""
-        watchers = [source for source in self.sources if isinstance(source, FileWatcher)]
-        return all([await watcher.ready() for watcher in watchers])
+        return self.watcher is None or await self.watcher.ready()
 
     async def stop(self) -> None:
         for source in reversed(self.sources):

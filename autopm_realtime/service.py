@@ -111,9 +111,10 @@ class RealtimeService:
         """Wait, at most `timeout` seconds, until this process's sources watch their trees; returns the
         projects not watching, each with why ("still starting", "gave up"). With a shared broker the
         sources start when their lock is won (ownership.py), so there is nothing to wait for here."""
-        if self._ownerships or not self.sources:
+        watched = [sources for sources in self.sources if sources.watcher is not None]
+        if self._ownerships or not watched:
             return []
-        waits = {asyncio.ensure_future(sources.ready()): sources.project_id for sources in self.sources}
+        waits = {asyncio.ensure_future(sources.ready()): sources.project_id for sources in watched}
         log.info("waiting up to %g s for the file watchers of %s to watch their trees", timeout,
                  ", ".join(waits.values()))
         try:
