@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import metadata
 from typing import Any
 
 import pytest
@@ -12,6 +13,24 @@ from autopm_realtime.config import ProjectSpec, Settings
 from autopm_realtime.service import RealtimeService
 from autopm_realtime.server import make_http_server
 from support import SseClient, WsClient
+
+pytest_plugins = ["tornasync_loader"]   # pytest-tornasync, loaded past its deprecations
+
+# The packages whose new releases have broken a fresh install before; their versions head every run, so a
+# failure in CI can be read against what pip resolved that day.
+KEY_PACKAGES = ("pytest", "pytest-tornasync", "tornado", "watchdog", "dulwich", "jupyter_server", "redis",
+                "playwright")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "key packages: " + ", ".join(f"{name} {_installed_version(name)}" for name in KEY_PACKAGES)
+
+
+def _installed_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 @pytest.fixture
