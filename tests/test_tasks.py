@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -177,17 +178,29 @@ def test_json_schema_errors_name_the_file_line_index_and_field(entry, message):
     assert str(raised.value) == message
 
 
+@pytest.mark.parametrize("text, line", [
+    ('{"tasks": [\n  {"id": "a",}\n]}', 2),
+    ('[\n  {"id": "a"}\n  {"id": "b"}\n]', 3),
+    ("", 1),
+])
+def test_json_syntax_errors_name_the_file_line_and_column(text, line):
+    """We promise `file:line:column: invalid JSON: <reason>`; the reason and the exact column are the
+    interpreter's (CPython 3.13 reworded several and moved the trailing-comma column by one)."""
+    with pytest.raises(TaskFileError) as raised:
+        parse_json(text, "t.json")
+    match = re.fullmatch(r"t\.json:(\d+):(\d+): invalid JSON: \S.*", str(raised.value))
+    assert match, str(raised.value)
+    assert int(match[1]) == line
+    assert 1 <= int(match[2]) <= len(text.split("\n")[line - 1]) + 1
+
+
 @pytest.mark.parametrize("text, message", [
-    ('{"tasks": [\n  {"id": "a",}\n]}',
-     "t.json:2:14: invalid JSON: Expecting property name enclosed in double quotes"),
-    ('[\n  {"id": "a"}\n  {"id": "b"}\n]', "t.json:3:3: invalid JSON: Expecting ',' delimiter"),
-    ("", "t.json:1:1: invalid JSON: Expecting value"),
     ('[{"id": "a", "title": "A", "status": "todo", "weight": NaN}]',
      "t.json: invalid JSON: NaN is not valid JSON"),
     ('\n{"task": []}', 't.json:2: expected a list of tasks, or an object whose "tasks" is that list'),
     ('{"tasks": {"a": {}}}', 't.json:1: expected a list of tasks, or an object whose "tasks" is that list'),
 ])
-def test_json_syntax_and_shape_errors(text, message):
+def test_json_constant_and_shape_errors(text, message):
     with pytest.raises(TaskFileError) as raised:
         parse_json(text, "t.json")
     assert str(raised.value) == message
