@@ -24,8 +24,9 @@ from support import WsClient, drain_lines, rss_bytes, serve_quietly
 CONNECTIONS = 1000
 OPENING_AT_ONCE = 64
 MiB = 1024 * 1024
-ROUNDS = 8                       # of opening and dropping CONNECTIONS, for the memory check
-RSS_TOLERANCE = 12 * MiB         # from the end of round 1 to the end of the last
+ROUNDS = 10                      # of opening and dropping CONNECTIONS, for the memory check
+WARM_UP_ROUNDS = 4               # whose growth is the allocator's one-off steps, not judged
+RSS_TOLERANCE = 6 * MiB          # from the end of the warm-up to the end of the last round
 MEDIAN_GROWTH_TOLERANCE = MiB * 3 // 4
 PROJECT = "p"
 EVENT_MARK = b'"type":"file_change","id"'
@@ -221,26 +222,28 @@ async def round_of_drops(server: Server) -> dict[str, int]:
     return {"open": rss_open, "after": await server.settled_rss()}
 
 
+@pytest.mark.slow
 async def test_a_thousand_abrupt_drops_leave_no_connection_and_no_memory_behind(running):
-    """A leak grows RSS by about the same amount every round; the allocator instead grows it in one-off
-    steps (5-7 MiB here, in round 2 or 3, now and then another MiB later) and then stays flat: the median
-    growth measured 0.0-0.1 MiB. So the median of the round-to-round growths is held to
-    MEDIAN_GROWTH_TOLERANCE (0.75 MiB) — a leak of 1 KiB per connection would put every growth, and so the
-    median, at about 1 MiB — and the whole run to RSS_TOLERANCE."""
+    """A leak grows RSS by about the same amount every round, the last ones included; the allocator
+    instead grows it in one-off steps and then stays flat. Those steps end by round 2 or 3 on CPython 3.11
+    (5-7 MiB) and by round 4 or 5 on 3.13 (7-10 MiB, twice), so the rounds after WARM_UP_ROUNDS are judged:
+    the median of their round-to-round growths is held to MEDIAN_GROWTH_TOLERANCE (0.75 MiB; measured 0.0-0.1
+    MiB) — a leak of 1 KiB per connection would put every growth, and so the median, at about 1 MiB — and
+    their whole growth to RSS_TOLERANCE."""
     start = await running.settled_rss()
     rounds = [await round_of_drops(running) for _ in range(ROUNDS)]
     numbers = f"RSS at start {start / MiB:.1f} MiB; " + "; ".join(
         f"round {n}: {r['open'] / MiB:.1f} MiB with {CONNECTIONS} open, {r['after'] / MiB:.1f} MiB after the drop"
         for n, r in enumerate(rounds, 1))
     print(numbers)
-    after = [r["after"] for r in rounds]
+    after = [r["after"] for r in rounds[WARM_UP_ROUNDS - 1:]]
     growths = sorted(later - earlier for earlier, later in zip(after, after[1:]))
     median = growths[len(growths) // 2]
     assert median <= MEDIAN_GROWTH_TOLERANCE, (
-        f"{numbers}: the median growth per round is {median / MiB:+.2f} MiB "
-        f"(tolerance {MEDIAN_GROWTH_TOLERANCE / MiB:.0f} MiB)")
+        f"{numbers}: the median growth per round after round {WARM_UP_ROUNDS} is {median / MiB:+.2f} MiB "
+        f"(tolerance {MEDIAN_GROWTH_TOLERANCE / MiB:.2f} MiB)")
     assert after[-1] - after[0] <= RSS_TOLERANCE, (
-        f"{numbers}: {ROUNDS - 1} rounds grew {(after[-1] - after[0]) / MiB:+.1f} MiB "
+        f"{numbers}: rounds {WARM_UP_ROUNDS + 1}-{ROUNDS} grew {(after[-1] - after[0]) / MiB:+.1f} MiB "
         f"(tolerance {RSS_TOLERANCE / MiB:.0f} MiB)")
     assert_no_errors(running.new_log_lines())
 

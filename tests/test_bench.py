@@ -18,7 +18,7 @@ import pytest
 
 from support import ROOT
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]   # a whole comparison run, peers included
 
 FANOUT_TARGETS = ("ours-ws", "tornado_ws", "websockets_broadcast", "ours-sse", "tornado_sse", "starlette_sse")
 

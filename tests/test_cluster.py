@@ -30,7 +30,7 @@ try:
 except ImportError:   # the [redis] extra brings redis-py; require() below turns this into a skip/failure
     redis = None
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]   # several server processes and redis-servers
 
 REDIS_URL = os.environ.get("AUTOPM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PROJECT = "cluster"

@@ -30,6 +30,8 @@ SCREENSHOT = ROOT / "docs" / "dashboard.png"
 HOSTILE = "<img src=x onerror=alert(1)>.py"
 SHA = "9fceb02d0ae598e95dc970b74767f19372d61af8"
 
+pytestmark = pytest.mark.slow   # a headless Chromium per test
+
 try:
     from playwright.sync_api import expect, sync_playwright
 except ImportError:   # the [test] extra brings playwright; require() below turns this into a skip/failure

@@ -22,7 +22,7 @@ NAMES = ["stream_events.ipynb", "progress_widget.ipynb", "standalone_server.ipyn
 KERNEL_NAME = "autopm-test-python"
 CELL_TIMEOUT = 30
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]   # a kernel per notebook
 
 
 @pytest.fixture(scope="module")
