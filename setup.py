@@ -18,17 +18,45 @@ setup(
                 "risk, streamed over WebSocket and Server-Sent Events",
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    # The oldest and newest Pythons here are the ones .ci/run tests on (watchdog 7 and tornado 6.6 need 3.11).
+    python_requires=">=3.11",
+    license="MIT",
+    license_files=["LICENSE"],
+    author="The autopm-realtime maintainers",
+    url="https://github.com/autopm-realtime/autopm-realtime",
+    project_urls={
+        "Documentation": "https://github.com/autopm-realtime/autopm-realtime/tree/main/docs",
+        "Changelog": "https://github.com/autopm-realtime/autopm-realtime/blob/main/CHANGELOG.md",
+        "Issues": "https://github.com/autopm-realtime/autopm-realtime/issues",
+    },
+    keywords=["websocket", "server-sent events", "sse", "real-time", "dashboard", "tornado", "jupyter",
+              "git", "file watcher", "project management"],
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Environment :: Web Environment",
+        "Framework :: Jupyter",
+        "Framework :: Tornado",
+        "Intended Audience :: Developers",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Internet :: WWW/HTTP :: HTTP Servers",
+        "Topic :: Software Development :: Version Control :: Git",
+        "Topic :: System :: Monitoring",
+    ],
     packages=find_packages(include=["autopm_realtime", "autopm_realtime.*", "jupyter_ext", "jupyter_ext.*"]),
     package_data={"autopm_realtime.web": ["static/*"]},
     # Enables the Jupyter Server extension on install (`jupyter server extension list` shows it). An
-    # editable install may skip data files: then run `jupyter server extension enable jupyter_ext`.
+    # editable install may skip data files: then run `python -m jupyter_ext enable` (docs/jupyter.md).
     data_files=[("etc/jupyter/jupyter_server_config.d",
                  ["jupyter-config/jupyter_server_config.d/jupyter_ext.json"])],
     install_requires=[
         "tornado>=6.4,<7",
         "watchdog>=7.1,<8",   # watcher.py hooks watchdog 7's inotify classes to notice queue overflows
-        "dulwich>=1.2,<2",
+        "dulwich>=1.2.16,<2",   # 1.2.16: dulwich.index.IndexChecksumReader, which snapshot.py reads the index with
         "PyJWT[crypto]>=2.10,<3",   # 2.10: InvalidSubjectError/InvalidJTIError, which auth.py names
         "prometheus-client>=0.20",
     ],

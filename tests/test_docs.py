@@ -30,3 +30,13 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, commands
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci
+
+
+def test_setup_py_and_the_readme_claim_the_same_pythons():
+    """python_requires, the classifiers and the README agree; .ci/pythons.py checks CI tests each one."""
+    setup = (ROOT / "setup.py").read_text()
+    claimed = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', setup)
+    minimum = re.search(r'python_requires=">=(3\.\d+)"', setup)[1]
+    assert claimed and claimed[0] == minimum, (claimed, minimum)
+    sentence = re.search(r"with Python ([\d., or]+), in a clone", README)
+    assert sentence and re.findall(r"3\.\d+", sentence[1]) == claimed, (sentence, claimed)

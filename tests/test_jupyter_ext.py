@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import threading
@@ -429,6 +430,19 @@ def test_an_invalid_setting_is_a_clear_startup_error(tmp_path):
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def throwaway_venv(path: Path) -> str:
+    """A virtual environment whose own site-packages come first and this interpreter's after them.
+
+    Not `--system-site-packages`: inside a virtual environment "system" is the base interpreter, which has
+    none of the packages the tests run with (no tornado). A `.pth` file names this interpreter's
+    site-packages, virtual or not, so the throwaway one imports the runtime dependencies from there."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    [own] = (path / "lib").glob("python3*/site-packages")
+    inherited = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    (own / "inherited-site-packages.pth").write_text("".join(f"{entry}\n" for entry in inherited))
+    return str(path / "bin" / "python")
+
+
 def extension_list(python: str, env: dict[str, str], cwd: Path) -> str:
     result = subprocess.run([python, "-m", "jupyter_server", "extension", "list"], env=env, cwd=cwd,
                             capture_output=True, text=True, timeout=60)
@@ -457,11 +471,12 @@ def test_the_enable_command_for_editable_installs(tmp_path):
 
 @pytest.mark.slow
 def test_a_wheel_install_enables_the_extension(tmp_path):
-    """Build the wheel from a copy of the sources, install it in a virtual environment (with the system's
-    site-packages, for Jupyter) and ask that environment's Jupyter, with an empty user config."""
+    """Build the wheel from a copy of the sources, install it in a throwaway virtual environment that also
+    sees the packages of the one running the tests (for Jupyter), and ask that environment's Jupyter, with
+    an empty user config."""
     source = tmp_path / "source"
     source.mkdir()
-    for name in ("setup.py", "README.md", "autopm_realtime", "jupyter_ext", "jupyter-config"):
+    for name in ("setup.py", "README.md", "LICENSE", "autopm_realtime", "jupyter_ext", "jupyter-config"):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
         copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                             if (ROOT / name).is_dir() else {}))
@@ -473,9 +488,7 @@ def test_a_wheel_install_enables_the_extension(tmp_path):
                                    f"build): {built.stderr[-500:]}")
     [wheel] = (tmp_path / "dist").glob("autopm_realtime-*.whl")
 
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
-                    str(tmp_path / "venv")], check=True)
-    python = str(tmp_path / "venv" / "bin" / "python")
+    python = throwaway_venv(tmp_path / "venv")
     subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q",
                     str(wheel)], check=True, env=env, capture_output=True, timeout=300)
     installed = tmp_path / "venv" / "etc" / "jupyter" / "jupyter_server_config.d" / "jupyter_ext.json"
