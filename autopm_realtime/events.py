@@ -331,7 +331,8 @@ class EventDraft:
 
 def validate_publish(raw: Any, registry: EventTypeRegistry,
                      max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> EventDraft:
-    """Check one published object (`{type, project_id?, data}`) and fill the defaults DESIGN.md names."""
+    """Check one published object (`{type, project_id?, data}`) and fill the defaults docs/protocol.md
+    names."""
     if not isinstance(raw, dict):
         raise EventValidationError("an event must be a JSON object with type, project_id and data")
     unknown = sorted(set(raw) - {"type", "project_id", "data"})

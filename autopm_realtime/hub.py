@@ -44,7 +44,7 @@ class PumpLimits:
 
 @dataclass(slots=True)
 class HubStats:
-    """Monotonic counters since start, for the stats endpoints (and `/metrics` later)."""
+    """Monotonic counters since start, for the stats endpoints and `/metrics`."""
 
     connections_opened: int = 0
     connections_closed: int = 0

@@ -1,7 +1,7 @@
 """The broker owns ordering, ids and history; the hub only listens to its live feed.
 
-A broker implementation (memory now, Redis Streams later) provides exactly this interface, so the hub and
-the handlers never know which one is running.
+A broker implementation (memory.py, in this process; redis.py, Redis Streams) provides exactly this
+interface, so the hub and the handlers never know which one is running.
 """
 
 from __future__ import annotations
