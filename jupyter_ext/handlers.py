@@ -10,7 +10,8 @@ so the wire protocol is the core's and everything about *who* may talk is Jupyte
   no origin).
 - every method is decorated: `@web.authenticated` + `@authorized` for HTTP and SSE, `@ws_authenticated`
   plus an authorizer check for the WebSocket, on the resource `autopm`, so Jupyter mounts them without a
-  `JupyterServerAuthWarning` and they work with `ServerApp.allow_unauthenticated_access = False`.
+  `JupyterServerAuthWarning` and they work with `ServerApp.allow_unauthenticated_access = False`. HEAD
+  is `@web.authenticated` and runs the decorated `get` (the core's HEAD, `HttpBasics.head`).
 - no login redirect: a request without a token or login cookie gets 403 on every endpoint, the page
   and the SSE stream included. Errors are the core's JSON, never Jupyter's HTML error page.
 
@@ -29,11 +30,10 @@ from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web
 
-from autopm_realtime.events import dumps
 from autopm_realtime.service import RealtimeService
 from autopm_realtime.web import api, page, sse, websocket
 from autopm_realtime.web.app import routes
-from autopm_realtime.web.base import JsonHandler
+from autopm_realtime.web.base import HttpBasics, JsonHandler
 
 #: The resource Jupyter's authorizer is asked about (`Authorizer.is_authorized(..., resource)`).
 AUTH_RESOURCE = "autopm"
@@ -51,6 +51,12 @@ class JupyterAuthMixin:
     def get_login_url(self) -> str:
         """`@web.authenticated` redirects browsers to this URL; these endpoints answer 403 instead."""
         raise web.HTTPError(403)
+
+    @web.authenticated
+    def head(self, *args: Any, **kwargs: Any) -> Any:
+        """The core's HEAD: the `get` below, decorated, without the body (so the authorizer is asked once,
+        about "read"). Marked authenticated for Jupyter's check of undecorated endpoints."""
+        return HttpBasics.head(self, *args, **kwargs)   # type: ignore[arg-type]
 
     def set_default_headers(self) -> None:
         """The core's headers (`Cache-Control: no-store`, nosniff), then Jupyter's (its CSP and the
@@ -158,6 +164,7 @@ class JupyterEventWebSocketHandler(JupyterHandler, websocket.EventWebSocketHandl
     auth_resource = AUTH_RESOURCE
 
     get_login_url = JupyterAuthMixin.get_login_url
+    head = JupyterAuthMixin.head
 
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:
@@ -172,10 +179,8 @@ class JupyterEventWebSocketHandler(JupyterHandler, websocket.EventWebSocketHandl
         """The core's limit, not the server-wide tornado setting (Jupyter's kernels need their own)."""
         return self.service.settings.max_message_bytes
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """A refused handshake gets the same JSON error body as the HTTP endpoints."""
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(dumps({"error": {"status": status_code, "reason": self._reason}}))
+    # A refused handshake gets the core's JSON error body, not Jupyter's HTML page.
+    write_error = websocket.EventWebSocketHandler.write_error
 
 
 #: Each core handler and the class that serves it inside Jupyter.

@@ -1,10 +1,11 @@
-"""What every HTTP handler shares: JSON bodies, JSON errors and the CORS headers."""
+"""What every handler shares: HEAD, JSON errors and `Allow` (the WebSocket's too); JSON bodies and the
+CORS headers (the HTTP handlers)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable
 
-from tornado import web
+from tornado import httputil, web
 
 from ..auth import Claims, ScopeError, TokenError
 from ..events import PROJECT_ID_PATTERN, EventFilter, EventValidationError, dumps, loads
@@ -26,13 +27,64 @@ class ApiError(web.HTTPError):
         self.extra = extra
 
 
-class JsonHandler(web.RequestHandler):
-    """Base for the HTTP API: errors are `{"error": {"status", "reason", ...}}`, never HTML.
+JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
+
+
+class HttpBasics(web.RequestHandler):
+    """What every handler answers alike, the WebSocket's included: HEAD as GET without the body, errors
+    as `{"error": {"status", "reason", ...}}` (never tornado's HTML), and 405 with `Allow`."""
+
+    service: RealtimeService
+
+    def head(self, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
+        """RFC 9110 §9.3.2: GET's status and headers, without the body (tornado drops the body of an answer
+        to a HEAD and counts its Content-Length as for GET). Through `self.get`, so a subclass's checks
+        (Jupyter's decorators) apply; a GET with side effects stops before them on a HEAD (sse.py,
+        websocket.py)."""
+        return self.get(*args, **kwargs)
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this path answers: those the class implements. They make the `Allow` of a 405
+        (RFC 9110 §15.5.6) and the CORS preflight's `Access-Control-Allow-Methods`."""
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower()) is not getattr(web.RequestHandler, m.lower())]
+
+    def verified_claims(self) -> Claims | None:
+        try:
+            return authenticate(self, self.service)
+        except TokenError as error:
+            raise ApiError(401, error.reason, headers=TOKEN_CHALLENGE) from None
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        self.finish(self.error_json(status_code, error, kwargs.get("reason")))
+
+    def error_json(self, status_code: int, error: BaseException | None = None,
+                   reason: str | None = None) -> bytes:
+        """The error body, its Content-Type and headers: an ApiError's own, and `Allow` on a 405.
+
+        `reason` as tornado's status line has it: the HTTPError's, the one given, or the standard phrase."""
+        if isinstance(error, web.HTTPError) and error.reason:
+            reason = error.reason
+        body: dict[str, Any] = {"status": status_code,
+                                "reason": reason or httputil.responses.get(status_code, "Unknown")}
+        if isinstance(error, ApiError):
+            body["reason"] = error.reason_text
+            body.update(error.extra)
+            for name, value in error.headers.items():
+                self.set_header(name, value)
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        self.set_header("Content-Type", JSON_CONTENT_TYPE)
+        return dumps({"error": body})
+
+
+class JsonHandler(HttpBasics):
+    """Base for the HTTP API: JSON bodies, CORS headers.
 
     With JWT auth on, `prepare` verifies the caller's token (401 without a valid one) unless the handler
     sets `requires_token = False`; `claims` then says what it may see."""
 
-    service: RealtimeService
     origin_policy: OriginPolicy
     requires_token = True
     claims: Claims | None = None
@@ -53,12 +105,6 @@ class JsonHandler(web.RequestHandler):
         self._allow_origin()
         if self.requires_token and self.request.method != "OPTIONS":   # preflights carry no credentials
             self.claims = self.verified_claims()
-
-    def verified_claims(self) -> Claims | None:
-        try:
-            return authenticate(self, self.service)
-        except TokenError as error:
-            raise ApiError(401, error.reason, headers=TOKEN_CHALLENGE) from None
 
     def scoped_filter_from_query(self) -> EventFilter:
         """The query's filter within the token's scope; asking for more is a 403."""
@@ -86,26 +132,14 @@ class JsonHandler(web.RequestHandler):
         self.set_header("Access-Control-Max-Age", "600")
         self.set_status(204)
 
-    def allowed_methods(self) -> list[str]:
-        return [m for m in ("GET", "POST") if getattr(type(self), m.lower()) is not
-                getattr(web.RequestHandler, m.lower())] + ["OPTIONS"]
-
     def write_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Content-Type", JSON_CONTENT_TYPE)
         self.finish(dumps(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        error = kwargs.get("exc_info", (None, None, None))[1]
-        body: dict[str, Any] = {"status": status_code, "reason": self._reason}
-        if isinstance(error, ApiError):
-            body["reason"] = error.reason_text
-            body.update(error.extra)
-            for name, value in error.headers.items():
-                self.set_header(name, value)
         self._allow_origin()
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(dumps({"error": body}))
+        super().write_error(status_code, **kwargs)
 
     def filter_from_query(self) -> EventFilter:
         """`event_types=a,b` (empty or absent: all) and `project_id=p` (absent: all projects)."""

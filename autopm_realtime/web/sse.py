@@ -26,22 +26,24 @@ class EventStreamHandler(JsonHandler):
     admission: Admission | None = None
 
     async def get(self) -> None:
+        """The stream. A HEAD is checked as a GET is and gets the stream's headers, but takes no place
+        under the connection limits and opens no connection."""
         event_filter = self.scoped_filter_from_query()
         last_event_id = self._last_event_id()
+        if self.request.method == "HEAD":
+            await self._send_headers()
+            return
         admission = Admission.admit(self.service, self.request.remote_ip or "", self.claims, self._end)
         if isinstance(admission, str):
             raise ApiError(503, admission, headers={"Retry-After": "5"})
         self.admission = admission   # the stream ends when the token expires
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
         stream = self.request.connection.stream
         stream.set_nodelay(True)   # writes are coalesced already; see websocket.py
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Headers go out now, through tornado; from then on the hub writes body bytes straight to the
-        # stream (see `send`). Tornado chunks an HTTP/1.1 response without a length; 1.0 gets raw bytes.
+        # From now on the hub writes body bytes straight to the stream (see `send`). Tornado chunks an
+        # HTTP/1.1 response without a length; 1.0 gets raw bytes.
         self._chunked = self.request.version == "HTTP/1.1"
-        await self.flush()
+        await self._send_headers()
         hub = self.service.hub
         connection = self.connection = hub.connect(self, event_filter)
         connection.enqueue(f"retry: {self.service.settings.sse_retry_ms}\n\n".encode())
@@ -60,6 +62,14 @@ class EventStreamHandler(JsonHandler):
 
         await hub.subscribe(connection, event_filter, last_event_id, confirm)
         await self._ended
+
+    async def _send_headers(self) -> None:
+        """The stream's headers, sent now through tornado. A stream has no length: sent before `finish`,
+        they get no `Content-Length` (on a HEAD, tornado would count the empty body as 0)."""
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        await self.flush()
 
     def _last_event_id(self) -> str | None:
         """The `Last-Event-ID` header (sent by a reconnecting EventSource) wins over the query."""

@@ -1,24 +1,26 @@
 """The WebSocket protocol: parsing client messages and the handler that speaks it.
 
-Client messages are `subscribe`, `unsubscribe` and `ping` (DESIGN.md, "Wire contract"). Everything the
+Client messages are `subscribe`, `unsubscribe` and `ping` (docs/protocol.md). Everything the
 server sends goes through the hub's queue for this connection, so replies, replays, events and heartbeats
 reach the client in the order they were produced.
 """
 
 from __future__ import annotations
 
+from asyncio import Future
 from dataclasses import dataclass
 from typing import Any
 
 from tornado.websocket import WebSocketHandler
 
-from ..auth import Claims, ScopeError, TokenError
-from ..events import (PROJECT_ID_PATTERN, Event, EventFilter, EventTypeRegistry, EventValidationError, dumps,
-                      loads, utc_now_iso, websocket_text_frame)
+from ..auth import Claims, ScopeError
+from ..events import (PROJECT_ID_PATTERN, Event, EventFilter, EventTypeRegistry, EventValidationError, loads,
+                      utc_now_iso, websocket_text_frame)
 from ..connection import Connection
 from ..service import RealtimeService
 from ..ratelimit import Verdict
-from .access import EXPIRED_CLOSE_CODE, TOKEN_CHALLENGE, Admission, authenticate, scoped
+from .access import EXPIRED_CLOSE_CODE, Admission, scoped
+from .base import ApiError, HttpBasics
 from .security import origin_policy
 from .writes import write_frames
 
@@ -115,7 +117,7 @@ def _last_event_id(message: dict[str, Any]) -> str | None:
     return event_id
 
 
-class EventWebSocketHandler(WebSocketHandler):
+class EventWebSocketHandler(HttpBasics, WebSocketHandler):
     """`/api/v1/dashboard/ws`. It is the hub's `Transport` for its own connection.
 
     Events are written as pre-built frames straight to the stream, the same bytes for every connection.
@@ -135,17 +137,27 @@ class EventWebSocketHandler(WebSocketHandler):
         self.origin_policy = origin_policy(service.settings.cors_origins)
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        """Check the token before the upgrade, so a refusal is a plain 401 with a JSON reason."""
-        try:
-            self.claims = authenticate(self, self.service)
-        except TokenError as error:
-            self.set_status(401)
-            for name, value in TOKEN_CHALLENGE.items():
-                self.set_header(name, value)
-            self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.finish(dumps({"error": {"status": 401, "reason": error.reason}}))
-            return
+        """Check the token before the upgrade, so a refusal is a plain 401 with a JSON reason.
+
+        A HEAD gets what the same request as a GET would, but is never upgraded: RFC 6455 §4.1 makes the
+        opening handshake a GET. Without `Upgrade: websocket`, tornado refuses it as it refuses a GET."""
+        self.claims = self.verified_claims()
+        if self.request.method == "HEAD" and "websocket" in self.request.headers.get("Upgrade", "").lower():
+            raise ApiError(400, "a WebSocket opening handshake must be a GET request")
         await super().get(*args, **kwargs)
+
+    def finish(self, chunk: str | bytes | dict | None = None) -> Future[None]:
+        """The answers that do not upgrade, as JSON errors like the rest of the API.
+
+        Tornado's `get` refuses a request it cannot upgrade by finishing it itself: with a text reason
+        (400 for a missing or wrong `Upgrade`, `Connection` or `Sec-WebSocket-Key`, 403 for a foreign
+        origin), or with none (426 for an unsupported `Sec-WebSocket-Version`, whose header it has set).
+        Such an answer keeps its status and headers and gets the JSON error body instead; the body that
+        `write_error` built is already JSON (bytes), and passes."""
+        status = self.get_status()
+        if status >= 400 and not isinstance(chunk, bytes):
+            chunk = self.error_json(status, reason=chunk if isinstance(chunk, str) else None)
+        return super().finish(chunk)
 
     def check_origin(self, origin: str) -> bool:
         return super().check_origin(origin) or self.origin_policy.allows(origin)
