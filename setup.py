@@ -6,8 +6,10 @@ here = Path(__file__).parent
 version = {}
 exec((here / "autopm_realtime" / "__init__.py").read_text(), version)
 
-# jupyter_server 2.13 brought @ws_authenticated and ServerApp.allow_unauthenticated_access.
-JUPYTER = ["jupyter_server>=2.13,<3", "ipywidgets>=8", "ipykernel>=6"]
+# jupyter_server 2.16 calls ExtensionApp._start_jupyter_server_extension, where the extension starts its
+# service (before it, the extension loaded but never served); 2.13 brought @ws_authenticated and
+# ServerApp.allow_unauthenticated_access. ipykernel 6.0.0 was yanked (its metadata lacks a dependency).
+JUPYTER = ["jupyter_server>=2.16,<3", "ipywidgets>=8", "ipykernel>=6.5"]
 # The peer servers bench/compare.py measures ours against (bench/peers/).
 BENCH_PEERS = ["websockets>=14,<18", "sse-starlette>=3,<4", "uvicorn>=0.30"]
 
@@ -56,8 +58,8 @@ setup(
     install_requires=[
         "tornado>=6.4,<7",
         "watchdog>=7.1,<8",   # watcher.py hooks watchdog 7's inotify classes to notice queue overflows
-        "dulwich>=1.2.16,<2",   # 1.2.16: dulwich.index.IndexChecksumReader, which snapshot.py reads the index with
-        "PyJWT[crypto]>=2.10,<3",   # 2.10: InvalidSubjectError/InvalidJTIError, which auth.py names
+        "dulwich>=1.2.19,<2",   # 1.2.19: dulwich.index.unchanged_entry_flags and IndexChecksumReader (snapshot.py)
+        "PyJWT[crypto]>=2.11,<3",   # 2.11: Algorithm.check_key_length, which tokens.py refuses weak keys with
         "prometheus-client>=0.20",
     ],
     extras_require={

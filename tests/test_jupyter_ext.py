@@ -34,7 +34,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 from tornado.tcpclient import TCPClient
 from tornado.websocket import websocket_connect
 
-from support import ROOT, STRICT_ENV, SseClient, WsClient, environment, file_change, require, terminate
+from support import (ROOT, STRICT_ENV, SseClient, WsClient, environment, file_change, free_port, require,
+                     terminate)
 
 if importlib.util.find_spec("jupyter_server") is None:   # a [test] dependency; see setup.py
     if os.environ.get(STRICT_ENV) == "1":
@@ -96,7 +97,8 @@ class JupyterServer:
         if terminal:   # Jupyter asks before stopping on Ctrl-C only when stdin is a terminal
             self._terminal, stdin = pty.openpty()
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", "--port=0",
+            # a free port, not --port=0, which Jupyter Server reports as port 0 before 2.20
+            [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={free_port()}",
              f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
              f"--ServerApp.base_url={base_url}", "--ServerApp.allow_unauthenticated_access=False",
              # an unrelated extension that warns about its own handlers would hide ours
