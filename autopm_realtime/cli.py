@@ -6,18 +6,22 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
 from typing import Any, Sequence
 
 from . import __version__
+from .client import AccessRefused, ClientGaveUp, bearer_authorization, server_url, subscribe
 from .config import ConfigError, add_serve_arguments, settings_from
 
 log = logging.getLogger("autopm_realtime")
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+TOKEN_ENV = "AUTOPM_TOKEN"
+PUBLISH_TOKEN_ENV = "AUTOPM_PUBLISH_TOKEN"   # the name `serve` reads its --publish-token from
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print each event as one JSON line [default: one human-readable line]")
     tail.add_argument("--max-retries", type=int, default=100,
                       help="consecutive failed reconnects before giving up [default: %(default)s]")
+    add_token_argument(tail, "--token", TOKEN_ENV,
+                       "a JWT, for a server started with --jwt-secret or --jwt-public-key (see the token "
+                       "command), sent as 'Authorization: Bearer' on every connection")
 
     publish = commands.add_parser("publish", help="publish one event and print its id")
     publish.add_argument("--url", default="http://127.0.0.1:8000", help="server URL [default: %(default)s]")
@@ -53,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--project-id", required=True,
                          help="the project the event belongs to (required)")
     publish.add_argument("--data", default="{}", help="the event's data as a JSON object [default: {}]")
-    publish.add_argument("--token", help="publish token (Authorization: Bearer) [default: none]")
+    add_token_argument(publish, "--token", TOKEN_ENV,
+                       "a JWT that allows publishing (token --publish), or, as this flag meant before "
+                       "--publish-token existed, the server's publish token")
+    add_token_argument(publish, "--publish-token", PUBLISH_TOKEN_ENV,
+                       "the server's --publish-token; tried first, then --token if the server refuses it")
 
     token = commands.add_parser("token", help="mint a JWT for a user, a dashboard or a test")
     key = token.add_mutually_exclusive_group(required=True)
@@ -70,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--audience", help="the 'aud' claim (the server's --jwt-audience)")
     token.add_argument("--issuer", help="the 'iss' claim (the server's --jwt-issuer)")
     return parser
+
+
+def add_token_argument(parser: argparse.ArgumentParser, flag: str, env: str, meaning: str) -> None:
+    """A credential flag. Its environment variable is read when the command runs, not here, so that
+    `--help` cannot show its value as a default."""
+    parser.add_argument(flag, metavar="TOKEN", help=f"{meaning} [default: none; env {env}]")
+
+
+def given(flag_value: str | None, env: str) -> str | None:
+    """The flag's value, else the environment's; None when blank. A flag wins, so `--token ''` sends no
+    token whatever the environment holds."""
+    value = flag_value if flag_value is not None else os.environ.get(env)
+    return (value or "").strip() or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,26 +161,62 @@ def run_token(args: argparse.Namespace) -> int:
 # --- publish ---------------------------------------------------------------------------------
 
 def run_publish(args: argparse.Namespace) -> int:
+    """Publish with each credential given in turn, the publish token first, until the server takes one.
+
+    A server may take a JWT that allows publishing, its publish token, or either (when it has both), and
+    reads each from the same `Authorization: Bearer` header, so one request carries one of them. A
+    refusal (401 or 403) publishes nothing, which makes trying the next one safe.
+    """
     try:
         data = json.loads(args.data)
     except ValueError as error:
         print(f"autopm-realtime publish: --data is not valid JSON: {error}", file=sys.stderr)
         return EXIT_USAGE
-    body = json.dumps({"type": args.type, "project_id": args.project_id, "data": data}).encode()
-    request = urllib.request.Request(api_url(args.url, "api/v1/events"), data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    if args.token:
-        request.add_header("Authorization", f"Bearer {args.token}")
+    credentials = (("the publish token", given(args.publish_token, PUBLISH_TOKEN_ENV)),
+                   ("the token", given(args.token, TOKEN_ENV)))
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            print(json.load(response)["id"])
-            return 0
-    except urllib.error.HTTPError as error:
-        print(f"autopm-realtime publish: {error.code}: {_reason(error)}", file=sys.stderr)
-    except (urllib.error.URLError, OSError) as error:
-        print(f"autopm-realtime publish: cannot reach {args.url}: {getattr(error, 'reason', error)}",
-              file=sys.stderr)
+        target = server_url(args.url) + "api/v1/events"
+        attempts = [(label, bearer_authorization(value)) for label, value in credentials if value] \
+            or [("", {})]
+    except ValueError as error:   # a URL or a token that must not be sent, named without its secret
+        print(f"autopm-realtime publish: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    body = json.dumps({"type": args.type, "project_id": args.project_id, "data": data}).encode()
+    return _post_until_accepted(args.url, target, body, attempts)
+
+
+def _post_until_accepted(url: str, target: str, body: bytes,
+                         attempts: list[tuple[str, dict[str, str]]]) -> int:
+    """POST `body` with each `(label, Authorization header)` in turn until one is accepted (its id is
+    printed); any answer but 401 and 403 ends the tries. The exit status."""
+    refusals: list[tuple[str, str]] = []
+    for label, authorization in attempts:
+        request = urllib.request.Request(target, data=body, method="POST",
+                                         headers={"Content-Type": "application/json", **authorization})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                print(json.load(response)["id"])
+                return 0
+        except urllib.error.HTTPError as error:
+            if error.code not in (401, 403):
+                print(f"autopm-realtime publish: {error.code}: {_reason(error)}", file=sys.stderr)
+                return EXIT_FAILURE
+            refusals.append((label, f"HTTP {error.code}: {_reason(error)}"))
+        except (urllib.error.URLError, OSError) as error:
+            print(f"autopm-realtime publish: cannot reach {url}: {getattr(error, 'reason', error)}",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+    print(f"autopm-realtime publish: {url} {_refused_publish(refusals)}", file=sys.stderr)
     return EXIT_FAILURE
+
+
+def _refused_publish(refusals: list[tuple[str, str]]) -> str:
+    """Each credential tried, with the server's reason for refusing it; or, when none was given, which
+    ones there are."""
+    if refusals[0][0]:
+        return "refused to publish: " + "; ".join(f"{label}: {reason}" for label, reason in refusals)
+    return (f"refused to publish ({refusals[0][1]}); pass --token or --publish-token (or set {TOKEN_ENV} or "
+            f"{PUBLISH_TOKEN_ENV})")
 
 
 def _reason(error: urllib.error.HTTPError) -> str:
@@ -166,22 +226,19 @@ def _reason(error: urllib.error.HTTPError) -> str:
         return error.reason
 
 
-def api_url(base: str, path: str) -> str:
-    return base.rstrip("/") + "/" + path
-
-
 # --- tail ------------------------------------------------------------------------------------
 
 def run_tail(args: argparse.Namespace) -> int:
-    from .client import ClientGaveUp, subscribe
-
+    """Follow events until interrupted. A refused token ends it at once (exit 1) with the server's reason:
+    reconnecting with the same token could only be refused again."""
+    token = given(args.token, TOKEN_ENV)
     event_types = [t.strip() for t in args.event_types.split(",") if t.strip()] if args.event_types else None
 
     async def follow() -> None:
         async for message in subscribe(args.url, event_types=event_types, project_id=args.project_id,
                                        last_event_id=args.last_event_id,
                                        transport="sse" if args.sse else "auto",
-                                       max_retries=args.max_retries):
+                                       max_retries=args.max_retries, token=token):
             print(json.dumps(message) if args.json else describe(message), flush=True)
 
     try:
@@ -191,7 +248,14 @@ def run_tail(args: argparse.Namespace) -> int:
     except ClientGaveUp as error:
         print(f"autopm-realtime tail: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except ValueError as error:   # the server refused the subscription (bad event type, ...)
+    except AccessRefused as error:
+        if token:
+            print(f"autopm-realtime tail: {args.url} refused the token ({error})", file=sys.stderr)
+        else:
+            print(f"autopm-realtime tail: {args.url} refused the connection ({error}); pass a token with "
+                  f"--token or {TOKEN_ENV}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ValueError as error:   # a URL or token not to send, or a subscription refused as invalid
         print(f"autopm-realtime tail: {error}", file=sys.stderr)
         return EXIT_USAGE
     return 0

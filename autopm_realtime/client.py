@@ -7,7 +7,12 @@ The client reconnects by itself and resumes after the last event it yielded, so 
 event once and in order for as long as the server's history covers a gap. When it cannot (the server
 restarted, or the gap is older than its history) the caller receives one
 `{"type": "reset", "reason": ..., "last_event_id": ...}` dict and then live events. Both transports look
-the same to the caller: envelopes (DESIGN.md, "Wire contract") and that one reset dict, nothing else.
+the same to the caller: envelopes (docs/protocol.md) and that one reset dict, nothing else.
+
+`token=` is sent as `Authorization: Bearer <token>` on every connection of either transport: a JWT for a
+server started with `--jwt-secret`/`--jwt-public-key`, or a Jupyter Server's token (Jupyter reads the same
+header). A header, not the `token` query argument browsers have to use, so that it stays out of URLs and
+access logs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import ssl
 from contextlib import aclosing
 from typing import Any, AsyncGenerator, Callable, Iterable, Mapping
@@ -38,12 +44,25 @@ LIVENESS_FACTOR = 2.5              # silence longer than this many heartbeats me
 READ_SIZE = 64 * 1024              # the most an SSE read takes from the socket at once
 ERROR_BODY_LIMIT = 64 * 1024
 REFUSED_SUBSCRIPTION_CODES = frozenset({"invalid_event_type", "invalid_message"})
+FORBIDDEN_CODE = "forbidden"       # the WebSocket's answer to a subscription beyond the token
+SENDABLE_TOKEN = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")   # printable ASCII, as a header carries it
 
 Message = dict[str, Any]
 
 
 class ClientGaveUp(ConnectionError):
     """`max_retries` consecutive connection attempts failed; the last failure is the `__cause__`."""
+
+
+class AccessRefused(PermissionError):
+    """The server refused the token (HTTP 401) or what it was asked for with it (403: another project,
+    other event types, publishing). Retrying with the same token cannot succeed, so this is raised at once.
+    `status` and `reason` are the server's; neither holds the token."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+        self.reason = reason
 
 
 class _Dropped(ConnectionError):
@@ -54,15 +73,46 @@ class _WebSocketRefused(ConnectionError):
     """The WebSocket handshake was answered with an HTTP status: the endpoint is refused, not down."""
 
 
-def endpoint_urls(url: str) -> tuple[str, str]:
-    """The WebSocket and SSE URLs under a server's base URL, which may carry a path prefix."""
-    parts = urlsplit(url)
+def server_url(url: str) -> str:
+    """A server's base URL, ending in `/` (it may carry a path prefix, such as Jupyter's `autopm/`).
+
+    A user name, password, query or fragment is refused rather than dropped: the URL is shown in log
+    lines and error messages, which must never show a credential (a token goes in `token=` instead).
+    The error shows the URL with those parts masked, for the same reason."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:   # e.g. an unclosed IPv6 bracket
+        raise ValueError("server URL is not a valid http:// or https:// URL") from None
+    _, at, host = parts.netloc.rpartition("@")
+    shown = urlunsplit((parts.scheme, "***@" + host if at else host, parts.path,
+                        "***" if parts.query else "", "***" if parts.fragment else ""))
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"server URL {url!r} must be http:// or https:// with a host")
-    base = parts.path if parts.path.endswith("/") else parts.path + "/"
+        raise ValueError(f"server URL {shown!r} must be http:// or https:// with a host")
+    if at or "?" in url or "#" in url:
+        raise ValueError(f"server URL {shown!r} must not carry a user, password, query or fragment: "
+                         "give a token separately")
+    return url if url.endswith("/") else url + "/"
+
+
+def endpoint_urls(url: str) -> tuple[str, str]:
+    """The WebSocket and SSE URLs under a server's base URL."""
+    parts = urlsplit(server_url(url))
     ws_scheme = "wss" if parts.scheme == "https" else "ws"
-    return (urlunsplit((ws_scheme, parts.netloc, base + WEBSOCKET_PATH, "", "")),
-            urlunsplit((parts.scheme, parts.netloc, base + SSE_PATH, "", "")))
+    return (urlunsplit((ws_scheme, parts.netloc, parts.path + WEBSOCKET_PATH, "", "")),
+            urlunsplit((parts.scheme, parts.netloc, parts.path + SSE_PATH, "", "")))
+
+
+def bearer_authorization(token: str | None) -> dict[str, str]:
+    """`{"Authorization": "Bearer <token>"}`, or no header without a token. The standalone server reads a
+    JWT and its publish token there, Jupyter Server its own token. Surrounding white space is dropped (as
+    the server drops it); a token a header cannot carry (a line break, non-ASCII) is refused here, by a
+    message that does not repeat it, rather than by an HTTP library's error that would."""
+    token = (token or "").strip()
+    if not token:
+        return {}
+    if not SENDABLE_TOKEN.fullmatch(token):
+        raise ValueError("the token has characters an HTTP header cannot carry (only printable ASCII)")
+    return {"Authorization": f"Bearer {token}"}
 
 
 class RealtimeClient:
@@ -77,7 +127,11 @@ class RealtimeClient:
     `backoff_max` (exponential backoff with full jitter, so restarted servers are not stormed). After
     the first attempt plus `max_retries` retries fail in a row, iteration raises `ClientGaveUp`; a
     connection that gets as far as its subscription resets the count. A subscription the server refuses
-    as invalid (unknown event type, bad project id) raises `ValueError` at once: retrying cannot fix it.
+    as invalid (unknown event type, bad project id) raises `ValueError` at once, and a refused token
+    `AccessRefused`: retrying cannot fix either. (A WebSocket handshake refused with 403 still falls back
+    first, as a proxy may refuse upgrades that way; a 401 is the server's own verdict on the token.)
+
+    `token` is sent as `Authorization: Bearer` on every connection; `headers` are sent as they are.
 
     `last_event_id` is the id of the last event yielded (where a resume starts); `transport` is the one
     in use. Every buffer is bounded: WebSocket reads wait for the consumer (one message queued), SSE
@@ -88,7 +142,7 @@ class RealtimeClient:
                  project_id: str | None = None, last_event_id: str | None = None,
                  transport: str = "auto", max_retries: int = 100, backoff_initial: float = 0.5,
                  backoff_max: float = 30.0, headers: Mapping[str, str] | None = None,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 token: str | None = None, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
@@ -106,6 +160,9 @@ class RealtimeClient:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.headers = dict(headers or {})
+        if token and any(name.lower() == "authorization" for name in self.headers):
+            raise ValueError("give token= or an Authorization header, not both")
+        self.headers.update(bearer_authorization(token))
         for name, value in self.headers.items():
             if any(c in f"{name}{value}" for c in "\r\n"):
                 raise ValueError(f"header {name!r} contains a line break")
@@ -167,6 +224,8 @@ class RealtimeClient:
                             return
                         yield message
                 raise _Dropped("the connection ended")   # sessions end by raising; kept for safety
+            except AccessRefused:   # a PermissionError, so an OSError: not one more failed attempt
+                raise
             except _WebSocketRefused as error:
                 if self._may_fall_back:
                     log.info("WebSocket refused at %s (%s); falling back to SSE for good",
@@ -240,6 +299,9 @@ class RealtimeClient:
         try:
             connection = await websocket_connect(request, max_message_size=self.max_message_bytes)
         except HTTPClientError as error:
+            if error.code == 401:
+                body = error.response.body if error.response is not None else b""
+                raise AccessRefused(401, _error_reason(body) or "unauthorized") from None
             if error.code < 500:
                 raise _WebSocketRefused(f"HTTP {error.code}") from error
             raise
@@ -258,6 +320,8 @@ class RealtimeClient:
             while (confirmed := await self._receive(connection, liveness)).get("type") \
                     != "subscription_confirmed":
                 if confirmed.get("type") == "error":
+                    if confirmed.get("code") == FORBIDDEN_CODE:
+                        raise AccessRefused(403, confirmed.get("message") or FORBIDDEN_CODE)
                     if confirmed.get("code") in REFUSED_SUBSCRIPTION_CODES:
                         raise ValueError(confirmed.get("message") or confirmed.get("code"))
                     raise _Dropped(f"subscription refused: {confirmed.get('code')}: "
@@ -314,6 +378,8 @@ class RealtimeClient:
                                                               self.connect_timeout)) or f"HTTP {status}"
                 if status == 400:
                     raise ValueError(reason)
+                if status in (401, 403):
+                    raise AccessRefused(status, reason)
                 raise _Dropped(f"HTTP {status}: {reason}")
             if not headers.get("content-type", "").lower().startswith("text/event-stream"):
                 raise _Dropped(f"not an event stream: {headers.get('content-type')!r}")
@@ -362,11 +428,11 @@ class RealtimeClient:
 def subscribe(url: str, *, event_types: Iterable[str] | str | None = None, project_id: str | None = None,
               last_event_id: str | None = None, transport: str = "auto", max_retries: int = 100,
               backoff_initial: float = 0.5, backoff_max: float = 30.0,
-              headers: Mapping[str, str] | None = None) -> RealtimeClient:
+              headers: Mapping[str, str] | None = None, token: str | None = None) -> RealtimeClient:
     """`async for event in subscribe(url, ...)`: a `RealtimeClient`; call its `aclose()` when done early."""
     return RealtimeClient(url, event_types=event_types, project_id=project_id, last_event_id=last_event_id,
                           transport=transport, max_retries=max_retries, backoff_initial=backoff_initial,
-                          backoff_max=backoff_max, headers=headers)
+                          backoff_max=backoff_max, headers=headers, token=token)
 
 
 def _describe(error: BaseException) -> str:

@@ -4,7 +4,8 @@
 
 1. the arguments: `url` is the hub's base URL — a standalone server's root (`http://127.0.0.1:8000/`) or
    a Jupyter server's URL plus `autopm/` (`http://127.0.0.1:8888/autopm/`); `token` is sent as
-   `Authorization: token <token>`, which Jupyter Server accepts (a standalone server needs none to read);
+   `Authorization: Bearer <token>`, where a standalone server reads its JWT (`--jwt-secret`) and its
+   publish token, and Jupyter Server its own token;
 2. the environment: `AUTOPM_URL` and `AUTOPM_TOKEN`;
 3. discovery: the running Jupyter server that owns this kernel — the kernel's id comes from ipykernel's
    connection file (`kernel-<id>.json`), and each server that `list_running_servers()` reports is asked
@@ -34,7 +35,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-from urllib.parse import urlsplit
+
+from autopm_realtime.client import bearer_authorization, server_url
 
 ENV_URL = "AUTOPM_URL"
 ENV_TOKEN = "AUTOPM_TOKEN"
@@ -61,23 +63,15 @@ class ServerInfo:
 
     def headers(self) -> dict[str, str]:
         """The HTTP headers every request to this server carries."""
-        return _authorization(self.token)
-
-
-def _authorization(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"token {token}"} if token else {}
+        return bearer_authorization(self.token)
 
 
 def normalize_url(url: str) -> str:
-    """An http(s) base URL with a host, ending in `/`; ValueError otherwise."""
-    url = url.strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"server URL {url!r} must be http:// or https:// with a host, "
-                         "e.g. http://127.0.0.1:8000/ or http://127.0.0.1:8888/autopm/")
-    if parts.query or parts.fragment:
-        raise ValueError(f"server URL {url!r} must not have a query or a fragment")
-    return url if url.endswith("/") else url + "/"
+    """An http(s) base URL with a host and no credentials, ending in `/`; ValueError otherwise."""
+    try:
+        return server_url(url.strip())
+    except ValueError as error:
+        raise ValueError(f"{error}, e.g. http://127.0.0.1:8000/ or http://127.0.0.1:8888/autopm/") from None
 
 
 def resolve_server(url: str | None = None, token: str | None = None, *,
@@ -126,7 +120,7 @@ def kernel_ids(info: Mapping[str, Any], timeout: float = PROBE_TIMEOUT) -> set[s
     """The ids of the kernels a running server has (`GET /api/kernels` with its token); empty when it
     does not answer or refuses."""
     request = urllib.request.Request(normalize_url(info["url"]) + "api/kernels",
-                                     headers=_authorization(info.get("token") or None))
+                                     headers=bearer_authorization(info.get("token")))
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             kernels = json.load(response)

@@ -18,7 +18,10 @@ It runs on the core's `RealtimeClient` (reconnect, resume, SSE fallback) and add
   server still has that were not yielded yet; every event is yielded at most once (ids of the last
   `SEEN_IDS` events are remembered).
 
-`publish_events` posts events to the same server. Both send the token as `Authorization: token <token>`.
+`publish_events` posts events to the same server. Both send the token as `Authorization: Bearer <token>`
+on every request and connection (reconnects included): a Jupyter server's token, or for a standalone
+server a JWT (`--jwt-secret`/`--jwt-public-key`) or, to publish, its `--publish-token`. A token the server
+refuses raises `PermissionError` (`autopm_realtime.client.AccessRefused` from the stream) at once.
 """
 
 from __future__ import annotations
@@ -140,7 +143,9 @@ async def recent_events(server: ServerInfo, project_id: str | None = None,
 
 async def publish_events(events: Mapping[str, Any] | Iterable[Mapping[str, Any]], url: str | None = None,
                          token: str | None = None) -> list[str]:
-    """POST one event (`{type, project_id, data}`) or several to the server; their ids."""
+    """POST one event (`{type, project_id, data}`) or several to the server; their ids. `token` (else
+    `AUTOPM_TOKEN`) may be a JWT that allows publishing or a standalone server's publish token: the server
+    reads both from the same header."""
     server = resolve_server(url, token)
     body = [dict(events)] if isinstance(events, Mapping) else [dict(event) for event in events]
     reply = await request_json(server, "api/v1/events", body=body)

@@ -33,8 +33,9 @@ def server(tmp_path) -> Iterator[str]:
         process.stop()
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=WAIT) as response:
+def get_json(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=WAIT) as response:
         return json.load(response)
 
 
@@ -86,14 +87,17 @@ def test_publish_to_an_unreachable_server_exits_1():
 
 # --- tail ------------------------------------------------------------------------------------
 
-def start_tail(server: str, *args: str) -> Process:
-    """Start `tail` and return once the server has its subscription (so no live event is missed)."""
-    process = Process("tail", "--url", server, "--event-types", "file_change", *args)
+def start_tail(server: str, *args: str, token: str | None = None,
+               env: dict[str, str] | None = None) -> Process:
+    """Start `tail` and return once the server has its subscription (so no live event is missed).
+    `token` reads the server's stats when JWT auth is on; `env` adds to tail's environment."""
+    process = Process("tail", "--url", server, "--event-types", "file_change", *args,
+                      env=environment(**(env or {})))
     stats = server + ("api/v1/sse/stats" if "--sse" in args else "api/v1/dashboard/ws/stats")
     deadline = time.monotonic() + WAIT
     try:
-        while get_json(stats)["subscription_counts"]["file_change"] == 0:
-            assert process.popen.poll() is None, "tail exited before it subscribed"
+        while get_json(stats, token)["subscription_counts"]["file_change"] == 0:
+            assert process.popen.poll() is None, f"tail exited: {process.remaining_stderr()}"
             assert time.monotonic() < deadline, "tail did not subscribe"
             time.sleep(0.02)
     except BaseException:

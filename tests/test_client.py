@@ -14,13 +14,14 @@ from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError
 
-from autopm_realtime.client import ClientGaveUp, RealtimeClient, endpoint_urls, subscribe
+from autopm_realtime.client import AccessRefused, ClientGaveUp, RealtimeClient, endpoint_urls, subscribe
 from autopm_realtime.config import ProjectSpec, Settings
 from autopm_realtime.service import RealtimeService
+from autopm_realtime.tokens import mint_token
 from autopm_realtime.web.app import routes
 from autopm_realtime.web.sse import EventStreamHandler
 from autopm_realtime.web.websocket import EventWebSocketHandler
-from support import eventually, file_change, free_port, progress, running_service, subscribed
+from support import eventually, file_change, free_port, progress, running_service, subscribed, with_settings
 
 TRANSPORTS = ["websocket", "sse"]
 WAIT = 5.0
@@ -44,10 +45,12 @@ async def receive_after_subscribing(client: RealtimeClient, service: RealtimeSer
     return await first
 
 
-async def published_id(http: AsyncHTTPClient, port: int, body: Any, prefix: str = "/") -> str:
+async def published_id(http: AsyncHTTPClient, port: int, body: Any, prefix: str = "/",
+                       token: str | None = None) -> str:
+    authorization = {"Authorization": f"Bearer {token}"} if token else {}
     response = await http.fetch(f"{base_url(port, prefix)}api/v1/events", method="POST",
-                                body=json.dumps(body),
-                                headers={"Content-Type": "application/json"}, raise_error=False)
+                                body=json.dumps(body), raise_error=False,
+                                headers={"Content-Type": "application/json", **authorization})
     assert response.code == 202, response.body
     return json.loads(response.body)["id"]
 
@@ -286,3 +289,68 @@ async def test_aclose_ends_an_iteration_waiting_in_another_task(port, service, t
     await client.aclose()
     assert await asyncio.wait_for(consumer, WAIT) == []
     await eventually(lambda: not service.hub.connections())
+
+
+# --- tokens --------------------------------------------------------------------------------------
+
+SECRET = "client-test-secret-" + "c" * 32
+
+
+def jwt(**claims: Any) -> str:
+    return mint_token(**{"secret": SECRET, "ttl_seconds": 60, "projects": "*", **claims})
+
+
+@with_settings(jwt_secret=SECRET)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_token_is_sent_on_every_connection_of_either_transport(port, http, service, transport):
+    publisher = jwt(publish=True)
+    async with RealtimeClient(base_url(port), token=jwt(), transport=transport, **FAST) as client:
+        first = await receive_after_subscribing(
+            client, service, lambda: published_id(http, port, file_change("a.py"), token=publisher))
+        assert first["data"]["file_path"] == "a.py"
+        for connection in service.hub.connections():
+            connection.transport.close_connection(4008, "slow consumer")
+        missed = await published_id(http, port, file_change("b.py"), token=publisher)
+        assert (await next_message(client))["id"] == missed   # the reconnect carried the token too
+        assert client.transport == transport and service.hub.stats.resumes_recovered == 1
+
+
+@with_settings(jwt_secret=SECRET)
+@pytest.mark.parametrize("transport", ["auto", "websocket", "sse"])
+@pytest.mark.parametrize("token, options, status, reason", [   # tokens minted when the test runs
+    (lambda: None, {}, 401, "a token is required"),
+    (lambda: mint_token(secret="another-secret-" + "o" * 32, ttl_seconds=60), {}, 401, "bad signature"),
+    (lambda: jwt(projects=["my-project"]), {"project_id": "elsewhere"}, 403,
+     "token does not grant project 'elsewhere'"),
+    (lambda: jwt(event_types=["risk_alert"]), {"event_types": ["file_change"]}, 403,
+     "token does not grant event type(s) file_change"),
+], ids=["no-token", "bad-signature", "other-project", "other-type"])
+async def test_a_refused_token_raises_access_refused_at_once_with_the_servers_reason(
+        port, service, transport, token, options, status, reason):
+    client = RealtimeClient(base_url(port), token=token(), transport=transport, max_retries=100, **FAST,
+                            **options)
+    with pytest.raises(AccessRefused) as refused:   # not ClientGaveUp after 100 retries
+        await next_message(client)
+    assert refused.value.status == status and refused.value.reason.startswith(reason), refused.value
+    assert isinstance(refused.value, PermissionError)
+    # A 401 is the server's verdict on the token, not a refused upgrade: no fallback to SSE.
+    assert client.transport == ("sse" if transport == "sse" else "websocket")
+
+
+def test_a_token_must_be_sendable_and_is_never_shown():
+    for token in ("two\nlines-secret", "caf\u00e9-secret"):
+        with pytest.raises(ValueError, match="token") as refused:
+            RealtimeClient("http://127.0.0.1:8000/", token=token)
+        assert "secret" not in str(refused.value)
+    with pytest.raises(ValueError, match="token= or an Authorization header"):
+        RealtimeClient("http://127.0.0.1:8000/", token="t", headers={"authorization": "Bearer u"})
+    assert RealtimeClient("http://127.0.0.1:8000/", token=" t0k ").headers == {"Authorization": "Bearer t0k"}
+    assert RealtimeClient("http://127.0.0.1:8000/", token=" ").headers == {}   # blank: no token
+
+
+@pytest.mark.parametrize("url", ["http://me:secret@127.0.0.1:8000/", "http://127.0.0.1:8000/?token=secret",
+                                 "http://127.0.0.1:8000/#token=secret", "ftp://secret@h.example/"])
+def test_a_url_with_credentials_is_refused_without_showing_them(url):
+    with pytest.raises(ValueError, match="server URL") as refused:
+        RealtimeClient(url)
+    assert "secret" not in str(refused.value)

@@ -17,13 +17,16 @@ from typing import Any, AsyncIterator, Iterator
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from autopm_realtime.client import AccessRefused, subscribe
 from autopm_realtime.config import ProjectSpec, Settings
+from autopm_realtime.tokens import mint_token
 from jupyter_ext.discovery import (ServerInfo, ServerNotFound, current_kernel_id, find_jupyter_server,
                                    find_or_start_server, hub_problem, resolve_server, running_servers,
                                    server_for_kernel, terminate)
-from jupyter_ext.stream import stream_events
+from jupyter_ext.stream import publish_events, stream_events
 from jupyter_ext.widgets import ProgressDashboard
-from support import environment, eventually, file_change, free_port, progress, running_service, subscribed
+from support import (environment, eventually, file_change, free_port, progress, running_service, subscribed,
+                     with_settings)
 
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
 HOSTILE = "<img src=x onerror=alert(1)>.py"
@@ -309,6 +312,37 @@ async def test_stream_events_after_a_restart_yields_reset_then_the_new_servers_e
             assert [e["id"] for e in await take(events, 1)] == more
 
 
+SECRET = "widgets-test-secret-" + "w" * 32
+PUBLISH_TOKEN = "widgets-publish-token-" + "p" * 16
+
+
+@with_settings(jwt_secret=SECRET, publish_token=PUBLISH_TOKEN)
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_stream_and_publish_events_take_a_standalone_servers_tokens(port, service, monkeypatch,
+                                                                         transport):
+    reader = mint_token(secret=SECRET, projects=["my-project"], ttl_seconds=60)
+    publisher = mint_token(secret=SECRET, projects=["my-project"], publish=True, ttl_seconds=60)
+    monkeypatch.setenv("AUTOPM_URL", base_url(port))
+    monkeypatch.setenv("AUTOPM_TOKEN", reader)
+    async with contextlib.aclosing(stream_events("my-project", transport=transport, **FAST)) as events:
+        first = asyncio.ensure_future(events.__anext__())
+        await eventually(lambda: len(subscribed(service)) == 1)
+        ids = await publish_events(file_change("jwt.py"), token=publisher)          # a JWT that may publish
+        ids += await publish_events([file_change("static.py")], url=base_url(port),  # the publish token
+                                    token=PUBLISH_TOKEN)
+        received = [await asyncio.wait_for(first, WAIT), *await take(events, 1)]
+        assert [(e["id"], e["data"]["file_path"]) for e in received] == \
+            list(zip(ids, ["jwt.py", "static.py"]))
+        assert {c.transport.name for c in service.hub.connections()} == {transport}
+
+
+@with_settings(jwt_secret=SECRET)
+async def test_stream_events_without_a_token_is_refused_at_once(port, service):
+    events = stream_events(url=base_url(port), max_retries=100, **FAST)
+    with pytest.raises(PermissionError, match="HTTP 401: a token is required"):   # not after 100 retries
+        await take(events, 1)
+
+
 # --- finding the server: arguments and the environment -------------------------------------------
 
 def test_an_explicit_url_wins_over_the_environment():
@@ -317,7 +351,7 @@ def test_an_explicit_url_wins_over_the_environment():
     assert (server.url, server.token, server.source) == ("http://127.0.0.1:8000/", "from-env", "argument")
     server = resolve_server("http://127.0.0.1:8888/autopm/", "secret", environ=environ)
     assert (server.url, server.token) == ("http://127.0.0.1:8888/autopm/", "secret")
-    assert server.headers() == {"Authorization": "token secret"}
+    assert server.headers() == {"Authorization": "Bearer secret"}   # Jupyter takes it too
     assert "secret" not in repr(server)
 
 
@@ -373,7 +407,8 @@ class JupyterServer:
         env = environment(JUPYTER_RUNTIME_DIR=str(runtime_dir), JUPYTER_CONFIG_DIR=str(config),
                           IPYTHONDIR=str(tmp / name / "ipython"))
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", "--port=0",
+            # a free port, not --port=0, which Jupyter Server reports as port 0 before 2.20
+            [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={free_port()}",
              "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={self.token}",
              f"--ServerApp.root_dir={root}", *extra_args], stdout=self.log, stderr=subprocess.STDOUT,
             env=env)
@@ -481,6 +516,8 @@ async def test_the_jupyter_server_that_owns_the_kernel_is_found(jupyter_servers)
     assert hub_problem(server) is None
     with pytest.raises(PermissionError, match="HTTP 403"):
         hub_problem(ServerInfo(server.url, "wrong", "jupyter"))
+    with pytest.raises(AccessRefused, match="HTTP 403"):   # at once, over SSE after the WebSocket's 403
+        await asyncio.wait_for(subscribe(server.url, token="wrong", max_retries=100, **FAST).__anext__(), WAIT)
 
     # Inside that kernel, with no arguments and no AUTOPM_URL: its own server, not the other one; and
     # a dashboard that follows a project through the extension with the token discovery found.
