@@ -59,11 +59,13 @@ setup(
         "tornado>=6.4,<7",
         "watchdog>=7.1,<8",   # watcher.py hooks watchdog 7's inotify classes to notice queue overflows
         "dulwich>=1.2.19,<2",   # 1.2.19: dulwich.index.unchanged_entry_flags and IndexChecksumReader (snapshot.py)
-        "PyJWT[crypto]>=2.11,<3",   # 2.11: Algorithm.check_key_length, which tokens.py refuses weak keys with
+        # 2.14: a token with a bad base64 segment is a DecodeError and deep JSON nesting no RecursionError
+        # (2.11 brought the Algorithm.check_key_length that tokens.py refuses weak keys with)
+        "PyJWT[crypto]>=2.14,<3",
         "prometheus-client>=0.20",
     ],
     extras_require={
-        "redis": ["redis>=5.0.1"],   # 5.0.1: Redis.aclose()
+        "redis": ["redis>=5.0.8"],   # 5.0.8: the first command after Redis restarts reconnects (5.0.7 failed it)
         "jupyter": JUPYTER,
         "bench": BENCH_PEERS,
         "test": [
@@ -73,7 +75,7 @@ setup(
             *JUPYTER,   # tests/test_jupyter_ext.py runs a real `jupyter server`
             "nbclient>=0.7", "nbformat>=5.1",   # tests/test_notebooks.py executes the notebooks
             "playwright>=1.40",   # tests/test_dashboard.py drives Debian's chromium (see .ci/run)
-            "redis>=5.0.1",       # the Redis broker's tests run against a real Redis (see .ci/run)
+            "redis>=5.0.8",       # the Redis broker's tests run against a real Redis (see .ci/run)
             "hypothesis>=6.100",  # the fuzz and index property tests
             *BENCH_PEERS,         # tests/test_bench.py runs bench/compare.py --quick, peers included
         ],
