@@ -24,7 +24,7 @@ from support import WsClient, drain_lines, rss_bytes, serve_quietly
 CONNECTIONS = 1000
 OPENING_AT_ONCE = 64
 MiB = 1024 * 1024
-ROUNDS = 10                      # of opening and dropping CONNECTIONS, for the memory check
+ROUNDS = 8                       # of opening and dropping CONNECTIONS, for the memory check
 WARM_UP_ROUNDS = 4               # whose growth is the allocator's one-off steps, not judged
 RSS_TOLERANCE = 6 * MiB          # from the end of the warm-up to the end of the last round
 MEDIAN_GROWTH_TOLERANCE = MiB * 3 // 4
